@@ -1,0 +1,95 @@
+"""The ``forgetscale`` command line: one subcommand per pipeline step.
+
+Each subcommand lives in :mod:`forgetscale.commands` as a module that defines
+``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. This file
+only parses, dispatches and turns :class:`~forgetscale.errors.UserError` into one
+line on stderr and exit code 2. Adding a command is one module plus one entry in
+``COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from forgetscale import __version__
+from forgetscale.errors import UserError
+
+# Order = the pipeline's order; this is also the order `forgetscale --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "reference",
+    "measure",
+)
+
+DESCRIPTION = """\
+forgetscale measures how much a language model forgets when it is fine-tuned,
+fits the scaling laws of forgetting (Kalajdzievski, arXiv 2401.05605) to your
+runs, and predicts forgetting before you spend the compute.
+
+pipeline:  reference -> measure | train -> runs/export -> fit -> predict/compare
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forgetscale",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"forgetscale {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show library logs and full tracebacks"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(f"forgetscale.commands.{module_name}")
+        p = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        if args.verbose:
+            raise
+        print(f"forgetscale {args.command}: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print(f"forgetscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

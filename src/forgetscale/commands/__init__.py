@@ -1,0 +1,1 @@
+"""forgetscale command-line subcommands, one module each (see forgetscale.cli)."""
