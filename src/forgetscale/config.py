@@ -1,0 +1,559 @@
+"""Run configurations: dataclasses, YAML files and ``--key=value`` overrides.
+
+A training run is described by one :class:`TrainConfig`. It comes from a YAML
+file (flat ``key: value`` pairs), overridden by ``--key=value`` arguments on the
+command line, both typed by the dataclass field types. Unknown keys are rejected
+with a :class:`~forgetscale.errors.UserError` that lists the closest known keys.
+
+Every field carries its help text in ``metadata["help"]`` (the PEFT style), so
+``forgetscale train --help-config`` and the docs are generated from one place.
+
+The *run id* is the hash of the resolved configuration (:func:`run_id`): a stable
+JSON of every field that can change the results. Fields that only say where
+things go or how they are shown (the store path, checkpoint and output folders,
+the progress bar, a label) are left out, so moving the results file does not
+change a run's identity, while changing the learning rate does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forgetscale.errors import UserError
+
+METHODS = ("lora", "ia3", "top-layers", "full")
+TARGET_PRESETS = ("attention", "mlp", "all-linear")
+OPTIMIZERS = ("adamw", "adafactor")
+SCHEDULES = ("constant", "linear", "cosine")
+DTYPES = ("float32", "bfloat16")
+TASK_FORMATS = ("auto", "text", "prompt_response", "messages")
+
+# Fields that never change a run's numbers: excluded from the run id.
+NON_RESULT_FIELDS = frozenset(
+    {
+        "store",
+        "checkpoint_dir",
+        "checkpoint_every",
+        "keep_checkpoint",
+        "output_dir",
+        "progress",
+        "name",
+        "reference",
+        "device",
+    }
+)
+
+# Fields that hold local paths (resolved against the config file's folder).
+PATH_FIELDS = frozenset(
+    {
+        "model",
+        "task_data",
+        "heldout_data",
+        "forgetting_data",
+        "reference",
+        "store",
+        "checkpoint_dir",
+        "output_dir",
+        "adapter",
+    }
+)
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run that tracks forgetting step by step (``forgetscale train``)."""
+
+    # --- what is trained, on what -------------------------------------------------
+    model: str = _f(
+        "smollm2-135m",
+        "Base model: a local folder, a hub id, a .gguf file, or the embedded default "
+        "'smollm2-135m'.",
+    )
+    task_data: str | None = _f(
+        None,
+        "Fine-tuning data: an embedded corpus name (e.g. 'shakespeare'), a .txt/.jsonl/.parquet "
+        "file or folder, or hf:NAME. JSONL may hold {'text'}, {'prompt','response'} or "
+        "{'messages'} records.",
+    )
+    task_format: str = _f(
+        "auto",
+        "How to read task records: auto (detect from the first record), text, "
+        "prompt_response or messages.",
+        choices=TASK_FORMATS,
+    )
+    text_field: str = _f("text", "Field holding the text in JSONL/parquet plain-text records.")
+    response_only_loss: bool = _f(
+        True,
+        "For prompt/response or chat data: train and measure L_ft on response tokens only.",
+    )
+    heldout_data: str | None = _f(
+        None,
+        "Separate held-out task data for L_ft. If unset, a fraction of the task data is held out.",
+    )
+    heldout_fraction: float = _f(
+        0.1,
+        "Fraction of the task blocks/examples held out for L_ft when heldout_data is unset.",
+    )
+    heldout_max_blocks: int | None = _f(
+        64,
+        "At most this many held-out blocks per L_ft evaluation (None = all). Bounds eval cost.",
+    )
+    block_size: int = _f(256, "Tokens per training block (context length T).")
+    adapter: str | None = _f(
+        None, "An existing PEFT adapter to start from (applied to the base before training)."
+    )
+    trust_remote_code: bool = _f(False, "Allow model code from the hub to run (off by default).")
+
+    # --- forgetting reference -----------------------------------------------------
+    forgetting_data: str = _f(
+        "pydoc",
+        "General text that forgetting is measured on (embedded 'pydoc'/'shakespeare', a file, "
+        "folder or hf:NAME).",
+    )
+    forgetting_block_size: int | None = _f(
+        None, "Block size of the forgetting corpus (None = block_size)."
+    )
+    forgetting_max_tokens: int | None = _f(
+        32768,
+        "Token budget of the forgetting evaluation: at most this many tokens of the forgetting "
+        "corpus (None = all).",
+    )
+    reference: str | None = _f(
+        None,
+        "Path of the reference cache (.safetensors). Built when missing, reused when its "
+        "fingerprint matches. None = a file next to the store named by its fingerprint.",
+    )
+    reference_top_k: int = _f(32, "Base-model top-K tokens kept per position for the soft metrics.")
+
+    # --- method ---------------------------------------------------------------------
+    method: str = _f("lora", "Fine-tuning method: lora, ia3, top-layers or full.", choices=METHODS)
+    rank: int = _f(8, "LoRA rank r.")
+    alpha: float = _f(16.0, "LoRA alpha. The update is scaled by alpha/sqrt(r) with rslora.")
+    rslora: bool = _f(
+        True, "Rank-stabilised LoRA scaling alpha/sqrt(r) (the paper's); false = alpha/r."
+    )
+    dropout: float = _f(0.0, "LoRA dropout.")
+    target_modules: str | list[str] = _f(
+        "all-linear",
+        "Modules to adapt: attention, mlp, all-linear (the paper's) or a list of module names.",
+    )
+    layers: list[int] | None = _f(
+        None, "Only adapt these transformer blocks (0-based indices); None = all."
+    )
+    top_k_layers: int = _f(1, "top-layers method: unfreeze the top k transformer blocks.")
+
+    # --- optimisation ---------------------------------------------------------------
+    optimizer: str = _f("adamw", "adamw or adafactor (the paper's).", choices=OPTIMIZERS)
+    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    weight_decay: float = _f(0.0, "Weight decay (AdamW / Adafactor).")
+    max_grad_norm: float | None = _f(1.0, "Gradient clipping norm (None = no clipping).")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    schedule: str = _f(
+        "constant",
+        "Learning-rate schedule after warm-up: constant, linear or cosine.",
+        choices=SCHEDULES,
+    )
+    batch_size: int = _f(8, "Blocks per optimizer step (per micro-batch x grad_accumulation).")
+    grad_accumulation: int = _f(
+        1, "Micro-batches per update; each micro-batch holds batch_size/grad_accumulation blocks."
+    )
+    max_steps: int = _f(100, "Number of optimizer updates N.")
+    seed: int = _f(0, "Random seed (adapter init, data order, dropout).")
+    dtype: str = _f("float32", "Compute dtype: float32 or bfloat16.", choices=DTYPES)
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory in the backward pass.")
+
+    # --- evaluation schedule ------------------------------------------------------------
+    eval_steps: list[int] | None = _f(
+        None,
+        "Explicit steps after which to measure (0 = the base before any update). "
+        "Overrides eval_log_points/eval_every when set.",
+    )
+    eval_log_points: int = _f(
+        8, "Number of log-spaced evaluation steps in 1..max_steps (plus step 0 and the last)."
+    )
+    eval_every: int | None = _f(None, "Also measure every k steps.")
+    eval_batch_size: int = _f(8, "Blocks per forward pass in evaluation.")
+
+    # --- where things go (not part of the run id) --------------------------------------
+    store: str = _f("results.db", "SQLite results store.")
+    checkpoint_dir: str | None = _f(
+        None, "Checkpoint folder (None = <store>.checkpoints/<run id>)."
+    )
+    checkpoint_every: int | None = _f(
+        None, "Checkpoint every k steps (None = at every evaluation step)."
+    )
+    keep_checkpoint: bool = _f(
+        False, "Keep the last checkpoint after the run finishes (for inspection)."
+    )
+    output_dir: str | None = _f(
+        None, "Save the trained adapter / weights here when the run finishes."
+    )
+    device: str = _f("auto", "auto, cpu, cuda, cuda:1, mps ...")
+    progress: bool = _f(True, "Show a progress bar.")
+    name: str | None = _f(None, "Free-form label shown by `forgetscale runs`.")
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Check values; raise :class:`UserError` with one line on the first problem."""
+        if not self.task_data:
+            raise UserError("task_data is required (a file, folder, embedded corpus or hf:NAME)")
+        for name in ("method", "optimizer", "schedule", "dtype", "task_format"):
+            choices = _fields()[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"{name}={getattr(self, name)!r} is not one of: {', '.join(choices)}"
+                )
+        positive = [
+            "block_size",
+            "batch_size",
+            "grad_accumulation",
+            "max_steps",
+            "rank",
+            "eval_batch_size",
+            "top_k_layers",
+            "reference_top_k",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accumulation:
+            raise UserError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accumulation "
+                f"({self.grad_accumulation})"
+            )
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise UserError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.heldout_data is None and self.heldout_fraction == 0.0:
+            raise UserError("set heldout_data or a heldout_fraction > 0: L_ft needs held-out data")
+        if self.learning_rate <= 0:
+            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise UserError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.eval_steps is not None:
+            bad = [s for s in self.eval_steps if s < 0 or s > self.max_steps]
+            if bad:
+                raise UserError(f"eval_steps {bad} outside 0..max_steps ({self.max_steps})")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise UserError(f"eval_every must be positive, got {self.eval_every}")
+        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
+            raise UserError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
+        if self.forgetting_max_tokens is not None and self.forgetting_max_tokens <= 0:
+            raise UserError("forgetting_max_tokens must be positive (or null for all tokens)")
+        if isinstance(self.target_modules, str) and not self.target_modules.strip():
+            raise UserError("target_modules is empty")
+        return self
+
+    # ------------------------------------------------------------------------------------
+    def evaluation_steps(self) -> list[int]:
+        """The sorted steps after which the run measures (0 = the base model)."""
+        return evaluation_schedule(
+            self.max_steps,
+            explicit=self.eval_steps,
+            log_points=self.eval_log_points,
+            every=self.eval_every,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that define the results (everything but where things go)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+
+def evaluation_schedule(
+    max_steps: int,
+    *,
+    explicit: list[int] | None = None,
+    log_points: int = 8,
+    every: int | None = None,
+) -> list[int]:
+    """Steps after which to measure: 0, ``log_points`` log-spaced steps, multiples of ``every``.
+
+    With ``explicit`` the list is used as given (sorted, deduplicated). Otherwise the
+    schedule always holds step 0 (the base model) and ``max_steps``; ``log_points``
+    steps are spread geometrically over 1..max_steps (rounded, deduplicated), which
+    samples the early steps where the losses move fastest densely, as the power laws
+    in N need.
+    """
+    if explicit is not None:
+        return sorted({int(s) for s in explicit})
+    steps = {0, max_steps}
+    if log_points > 0:
+        if log_points == 1:
+            steps.add(max_steps)
+        else:
+            ratio = max_steps ** (1.0 / (log_points - 1))
+            for i in range(log_points):
+                steps.add(min(max_steps, max(1, round(ratio**i))))
+    if every:
+        steps.update(range(every, max_steps + 1, every))
+    return sorted(steps)
+
+
+# ----------------------------------------------------------------------------------------
+# loading, overrides, hashing
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Coerce ``value`` (from YAML or a parsed command-line string) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        # Try the list member first for lists, the scalar members otherwise.
+        ordered = sorted(
+            (a for a in args if a is not type(None)),
+            key=lambda a: 0 if (typing.get_origin(a) is list) == isinstance(value, list) else 1,
+        )
+        for arg in ordered:
+            try:
+                return _coerce(name, value, arg)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(name, v, item_tp) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _check_known(keys: typing.Iterable[str], where: str) -> None:
+    known = _fields()
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
+    """Parse ``--key=value`` / ``key=value`` strings (values read as YAML scalars or lists).
+
+    ``--key value`` pairs are accepted too. Dashes in keys become underscores.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    items = list(items)
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") and "=" not in item:
+            raise UserError(f"expected --key=value, got {item!r}")
+        body = item[2:] if item.startswith("--") else item
+        if "=" in body:
+            key, text = body.split("=", 1)
+        else:
+            if i + 1 >= len(items) or items[i + 1].startswith("--"):
+                # a bare flag: --gradient_checkpointing means true
+                key, text = body, "true"
+            else:
+                key, text = body, items[i + 1]
+                i += 1
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise UserError(f"empty key in override {item!r}")
+        out[key] = _parse_scalar(text)
+        i += 1
+    return out
+
+
+OUTPUT_PATH_FIELDS = frozenset({"store", "checkpoint_dir", "output_dir"})
+
+
+def _resolve_path(key: str, value: str, base: Path | None) -> str:
+    """Make a local path absolute.
+
+    Inputs (model, data, adapter, reference) are looked up next to the config file
+    first, then in the current directory; a value that exists in neither is kept as
+    written (a hub id, an embedded corpus name, ``hf:NAME``; a missing file is
+    reported when it is read). Outputs (store, checkpoint and output folders) are
+    relative to the current directory, like any command-line tool's.
+    """
+    if not isinstance(value, str) or not value or value.startswith("hf:"):
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if key in OUTPUT_PATH_FIELDS:
+        return str((Path.cwd() / p).resolve())
+    candidates = ([base / p] if base is not None else []) + [Path.cwd() / p]
+    for c in candidates:
+        if c.exists():
+            return str(c.resolve())
+    if key == "reference" and base is not None:
+        return str((base / p).resolve())
+    if key == "reference":
+        return str((Path.cwd() / p).resolve())
+    return value
+
+
+def build_config(
+    values: dict[str, Any],
+    *,
+    overrides: dict[str, Any] | None = None,
+    base_dir: str | Path | None = None,
+    where: str = "config",
+) -> TrainConfig:
+    """Build a validated :class:`TrainConfig` from a mapping plus overrides.
+
+    Paths in ``values`` are resolved against ``base_dir`` (the config file's folder),
+    paths in ``overrides`` against the current directory.
+    """
+    if not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping of key: value pairs")
+    _check_known(values, where)
+    overrides = dict(overrides or {})
+    _check_known(overrides, "command-line overrides")
+    hints = _hints()
+    kwargs: dict[str, Any] = {}
+    base = Path(base_dir) if base_dir is not None else None
+    for mapping, anchor in ((values, base), (overrides, None)):
+        for key, raw in mapping.items():
+            value = _coerce(key, raw, hints[key])
+            if key in PATH_FIELDS and isinstance(value, str):
+                value = _resolve_path(key, value, anchor)
+            kwargs[key] = value
+    tm = kwargs.get("target_modules")
+    if isinstance(tm, str) and "," in tm:
+        tm = [t.strip() for t in tm.split(",") if t.strip()]
+    if isinstance(tm, list) and len(tm) == 1:
+        tm = tm[0]
+    if tm is not None:
+        kwargs["target_modules"] = tm
+    return TrainConfig(**kwargs).validate()
+
+
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] | dict[str, Any] = ()
+) -> TrainConfig:
+    """Read a YAML config file and apply ``--key=value`` overrides."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    base_dir = None
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            at = f" (line {line + 1})" if line is not None else ""
+            raise UserError(f"{path} is not valid YAML{at}") from None
+        values = loaded or {}
+        base_dir = p.resolve().parent
+        where = str(path)
+    ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    return build_config(values, overrides=ov, base_dir=base_dir, where=where)
+
+
+def stable_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, floats in repr form."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def run_id(config: TrainConfig) -> str:
+    """The run's identity: 16 hex digits of sha256 over the result-defining fields."""
+    return hashlib.sha256(stable_json(config.result_dict()).encode()).hexdigest()[:16]
+
+
+def config_help() -> str:
+    """Every config key with its type, default and help text (for ``--help-config``)."""
+    hints = _hints()
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tp = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        lines.append(f"  {f.name} ({tp}, default {default!r})\n      {f.metadata['help']}")
+    return "\n".join(lines)

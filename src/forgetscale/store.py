@@ -1,0 +1,396 @@
+"""The results store: one SQLite file holding every run and its measurements.
+
+Two tables (stdlib :mod:`sqlite3`, WAL journal so a reader can watch a run that is
+being written):
+
+``runs``
+    one row per run; ``id`` is the hash of the resolved config (see
+    :func:`forgetscale.config.run_id`), so starting the same config again finds
+    its row instead of making a new one. ``status`` is ``running``, ``finished``,
+    ``diverged`` (a NaN/inf loss, ``diverged_step`` says when) or ``failed``.
+``measurements``
+    one row per (run, step) with the metrics measured after ``step`` updates
+    (step 0 = the base model). ``PRIMARY KEY(run_id, step)``: a resumed run that
+    measures a step again writes nothing twice.
+
+:func:`read_measurements` returns the table the laws are fitted on, with exactly
+the columns in :data:`EXPORT_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from forgetscale.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("running", "finished", "diverged", "failed")
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "finetune_loss",
+    "forgetting_loss",
+    "forgetting_loss_soft",
+    "kl",
+    "base_entropy",
+    "agreement",
+    "train_loss",
+    "tokens_seen",
+    "wall_s",
+)
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "method",
+    "rank",
+    "params_trained",
+    "step",
+    "finetune_loss",
+    "forgetting_loss",
+    "forgetting_loss_soft",
+    "kl",
+    "agreement",
+    "train_loss",
+    "tokens_seen",
+    "wall_s",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    config TEXT NOT NULL,
+    model TEXT,
+    task_data TEXT,
+    method TEXT NOT NULL,
+    rank INTEGER,
+    params_trained INTEGER,
+    params_embedding INTEGER,
+    params_total INTEGER,
+    max_steps INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'diverged', 'failed')),
+    last_step INTEGER,
+    diverged_step INTEGER,
+    message TEXT,
+    versions TEXT,
+    started REAL NOT NULL,
+    ended REAL
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    finetune_loss REAL,
+    forgetting_loss REAL,
+    forgetting_loss_soft REAL,
+    kl REAL,
+    base_entropy REAL,
+    agreement REAL,
+    train_loss REAL,
+    tokens_seen INTEGER,
+    wall_s REAL,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the ``runs`` table."""
+
+    id: str
+    name: str | None
+    config: dict[str, Any]
+    model: str | None
+    task_data: str | None
+    method: str
+    rank: int | None
+    params_trained: int | None
+    params_embedding: int | None
+    params_total: int | None
+    max_steps: int | None
+    status: str
+    last_step: int | None
+    diverged_step: int | None
+    message: str | None
+    versions: dict[str, str]
+    started: float
+    ended: float | None
+    n_measurements: int = 0
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that can change a run's numbers."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("forgetscale", "torch", "transformers", "peft", "safetensors", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """Floats that are not finite are stored as NULL (SQLite has no NaN)."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ResultsStore:
+    """A SQLite results file. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path, *, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise UserError(f"results store not found: {path}")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=30.0)
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            if create:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.executescript(_SCHEMA)
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self.conn.commit()
+            else:
+                tables = {
+                    r[0]
+                    for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                if not {"runs", "measurements"} <= tables:
+                    raise UserError(f"{path} is not a forgetscale results store")
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{path} is not a SQLite results store ({exc})") from None
+
+    # -- context manager ---------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.conn:  # commits, or rolls back on an exception
+            yield self.conn
+
+    # -- runs ------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self.conn.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM measurements m WHERE m.run_id = r.id) "
+            "FROM runs r WHERE r.id = ?",
+            (run_id,),
+        ).fetchone()
+        return self._record(row) if row else None
+
+    def list_runs(self) -> list[RunRecord]:
+        rows = self.conn.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM measurements m WHERE m.run_id = r.id) "
+            "FROM runs r ORDER BY r.started"
+        ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def _record(self, row: tuple) -> RunRecord:
+        cols = [d[0] for d in self.conn.execute("SELECT * FROM runs LIMIT 0").description]
+        d = dict(zip(cols, row[: len(cols)], strict=True))
+        d["config"] = json.loads(d["config"])
+        d["versions"] = json.loads(d["versions"] or "{}")
+        return RunRecord(**d, n_measurements=int(row[len(cols)]))
+
+    def start_run(
+        self,
+        run_id: str,
+        config: Mapping[str, Any],
+        *,
+        method: str,
+        rank: int | None,
+        params_trained: int | None,
+        params_embedding: int | None = None,
+        params_total: int | None = None,
+        name: str | None = None,
+        versions: Mapping[str, str] | None = None,
+    ) -> RunRecord:
+        """Insert the run, or mark an existing unfinished one ``running`` again (a resume)."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO runs (id, name, config, model, task_data, method, rank, "
+                "params_trained, params_embedding, params_total, max_steps, status, "
+                "versions, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,'running',?,?) "
+                "ON CONFLICT(id) DO UPDATE SET status='running', ended=NULL, message=NULL, "
+                "diverged_step=NULL, name=COALESCE(excluded.name, runs.name), "
+                "params_trained=excluded.params_trained, "
+                "params_embedding=excluded.params_embedding, "
+                "params_total=excluded.params_total, versions=excluded.versions",
+                (
+                    run_id,
+                    name,
+                    json.dumps(dict(config), sort_keys=True),
+                    config.get("model"),
+                    config.get("task_data"),
+                    method,
+                    rank,
+                    params_trained,
+                    params_embedding,
+                    params_total,
+                    config.get("max_steps"),
+                    json.dumps(dict(versions or library_versions()), sort_keys=True),
+                    now,
+                ),
+            )
+        rec = self.get_run(run_id)
+        assert rec is not None
+        return rec
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        message: str | None = None,
+        diverged_step: int | None = None,
+        last_step: int | None = None,
+    ) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"bad status {status!r}")
+        ended = None if status == "running" else time.time()
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET status=?, message=?, diverged_step=?, ended=?, "
+                "last_step=COALESCE(?, last_step) WHERE id=?",
+                (status, message, diverged_step, ended, last_step, run_id),
+            )
+
+    def set_last_step(self, run_id: str, step: int) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET last_step=? WHERE id=?", (step, run_id))
+
+    def delete_run(self, run_id: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM measurements WHERE run_id=?", (run_id,))
+            c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # -- measurements ------------------------------------------------------------------
+    def add_measurement(self, run_id: str, step: int, metrics: Mapping[str, Any]) -> bool:
+        """Record the metrics after ``step`` updates. Returns False if already there."""
+        unknown = set(metrics) - set(METRIC_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown metric columns: {sorted(unknown)}")
+        cols = ["run_id", "step", *metrics]
+        values = [run_id, int(step), *(_clean(metrics[k]) for k in metrics)]
+        with self._tx() as c:
+            cur = c.execute(
+                f"INSERT OR IGNORE INTO measurements ({', '.join(cols)}) "
+                f"VALUES ({', '.join('?' for _ in cols)})",
+                values,
+            )
+            c.execute(
+                "UPDATE runs SET last_step=MAX(COALESCE(last_step, -1), ?) WHERE id=?",
+                (int(step), run_id),
+            )
+        return cur.rowcount == 1
+
+    def measured_steps(self, run_id: str) -> set[int]:
+        rows = self.conn.execute("SELECT step FROM measurements WHERE run_id=?", (run_id,))
+        return {int(r[0]) for r in rows}
+
+    def measurements(self, run_id: str | None = None) -> pd.DataFrame:
+        """Measurements joined with their run's method, rank and P (all runs by default)."""
+        import pandas as pd
+
+        sql = (
+            "SELECT m.run_id, r.method, r.rank, r.params_trained, m.step, "
+            "m.finetune_loss, m.forgetting_loss, m.forgetting_loss_soft, m.kl, "
+            "m.agreement, m.train_loss, m.tokens_seen, m.wall_s "
+            "FROM measurements m JOIN runs r ON r.id = m.run_id"
+        )
+        params: tuple = ()
+        if run_id is not None:
+            sql += " WHERE m.run_id = ?"
+            params = (run_id,)
+        sql += " ORDER BY r.started, m.run_id, m.step"
+        df = pd.read_sql_query(sql, self.conn, params=params)
+        df = df.astype(
+            {
+                "rank": "Int64",
+                "params_trained": "Int64",
+                "step": "int64",
+                "tokens_seen": "Int64",
+                **{
+                    c: "float64"
+                    for c in (
+                        "finetune_loss",
+                        "forgetting_loss",
+                        "forgetting_loss_soft",
+                        "kl",
+                        "agreement",
+                        "train_loss",
+                        "wall_s",
+                    )
+                },
+            }
+        )
+        return df[list(EXPORT_COLUMNS)]
+
+
+def open_store(path: str | Path, *, create: bool = True) -> ResultsStore:
+    """Open (and by default create) a results store."""
+    return ResultsStore(path, create=create)
+
+
+def read_measurements(path: str | Path) -> pd.DataFrame:
+    """All measurements of a results store as a DataFrame with :data:`EXPORT_COLUMNS`.
+
+    One row per (run, step); ``params_trained`` is P, the trainable non-embedding
+    parameter count; ``step`` is N (0 = the base model). Raises :class:`UserError`
+    if ``path`` is not a results store.
+    """
+    with ResultsStore(path, create=False) as store:
+        return store.measurements()
+
+
+def write_table(df: pd.DataFrame, out: str | Path, fmt: str | None = None) -> str:
+    """Write a measurements table as csv or parquet; returns the format used."""
+    out = Path(out)
+    if fmt is None:
+        fmt = "parquet" if out.suffix.lower() == ".parquet" else "csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        df.to_csv(out, index=False)
+    elif fmt == "parquet":
+        try:
+            df.to_parquet(out, index=False)
+        except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
+            raise UserError(f"parquet export needs pyarrow ({exc})") from None
+    else:
+        raise UserError(f"unknown format {fmt!r}: use csv or parquet")
+    return fmt

@@ -1,0 +1,102 @@
+"""SQLite results store: idempotence, statuses, export table."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from forgetscale.errors import UserError
+from forgetscale.store import EXPORT_COLUMNS, open_store, read_measurements, write_table
+
+
+def _metrics(step):
+    return {
+        "finetune_loss": 3.0 - 0.1 * step,
+        "forgetting_loss": 2.0 + 0.05 * step,
+        "forgetting_loss_soft": 2.5 + 0.05 * step,
+        "kl": 0.01 * step,
+        "base_entropy": 2.4,
+        "agreement": 1.0 - 0.01 * step,
+        "train_loss": None if step == 0 else 3.1 - 0.1 * step,
+        "tokens_seen": 128 * step,
+        "wall_s": 0.5 * step,
+    }
+
+
+def test_store_roundtrip_and_idempotence(tmp_path):
+    db = tmp_path / "r.db"
+    with open_store(db) as s:
+        rec = s.start_run(
+            "abc", {"model": "m", "max_steps": 4}, method="lora", rank=4, params_trained=1234
+        )
+        assert rec.status == "running" and rec.config["max_steps"] == 4
+        assert "torch" in rec.versions
+        for step in (0, 1, 2):
+            assert s.add_measurement("abc", step, _metrics(step)) is True
+        # re-running the same steps writes nothing twice
+        assert s.add_measurement("abc", 2, _metrics(99)) is False
+        # a restart of the same run id does not duplicate the run
+        s.start_run(
+            "abc", {"model": "m", "max_steps": 4}, method="lora", rank=4, params_trained=1234
+        )
+        s.add_measurement("abc", 4, _metrics(4))
+        s.set_status("abc", "finished")
+        assert s.measured_steps("abc") == {0, 1, 2, 4}
+        assert len(s.list_runs()) == 1
+    df = read_measurements(db)
+    assert list(df.columns) == list(EXPORT_COLUMNS)
+    assert df.step.tolist() == [0, 1, 2, 4]
+    assert df.loc[df.step == 2, "finetune_loss"].item() == pytest.approx(2.8)  # first write kept
+    assert (df.params_trained == 1234).all() and (df.method == "lora").all()
+    assert math.isnan(df.train_loss.iloc[0])
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 4
+
+
+def test_statuses_and_nan(tmp_path):
+    db = tmp_path / "r.db"
+    with open_store(db) as s:
+        s.start_run("x", {}, method="full", rank=None, params_trained=10)
+        s.add_measurement("x", 0, {"finetune_loss": float("nan"), "forgetting_loss": 1.0})
+        s.set_status("x", "diverged", diverged_step=3, message="loss is nan")
+        r = s.get_run("x")
+        assert r.status == "diverged" and r.diverged_step == 3 and r.ended is not None
+        with pytest.raises(ValueError):
+            s.add_measurement("x", 1, {"bogus": 1})
+        with pytest.raises(ValueError):
+            s.set_status("x", "weird")
+    df = read_measurements(db)
+    assert math.isnan(df.finetune_loss.iloc[0]) and df["rank"].isna().all()
+
+
+def test_read_measurements_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        read_measurements(tmp_path / "none.db")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(UserError):
+        read_measurements(junk)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (a)").connection.close()
+    with pytest.raises(UserError, match="not a forgetscale results store"):
+        read_measurements(other)
+
+
+def test_write_table(tmp_path):
+    db = tmp_path / "r.db"
+    with open_store(db) as s:
+        s.start_run("a", {}, method="lora", rank=8, params_trained=99)
+        s.add_measurement("a", 0, _metrics(0))
+        s.add_measurement("a", 3, _metrics(3))
+    df = read_measurements(db)
+    write_table(df, tmp_path / "m.csv")
+    write_table(df, tmp_path / "m.parquet")
+    back_csv = pd.read_csv(tmp_path / "m.csv")
+    back_pq = pd.read_parquet(tmp_path / "m.parquet")
+    assert list(back_csv.columns) == list(EXPORT_COLUMNS) == list(back_pq.columns)
+    assert back_csv.forgetting_loss.tolist() == df.forgetting_loss.tolist()  # full precision
+    assert back_pq.finetune_loss.tolist() == df.finetune_loss.tolist()
