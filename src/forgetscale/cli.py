@@ -23,6 +23,9 @@ from forgetscale.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "reference",
     "measure",
+    "train",
+    "runs",
+    "export",
 )
 
 DESCRIPTION = """\
