@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "build_reference": "forgetscale.reference",
     "ForgettingResult": "forgetscale.metrics",
     "evaluate_forgetting": "forgetscale.metrics",
-    "measure": "forgetscale.measure",
+    "measure": "forgetscale.measurement",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -34,7 +34,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover
     from forgetscale.data import load_documents, pack_documents
     from forgetscale.errors import UserError
-    from forgetscale.measure import measure
+    from forgetscale.measurement import measure
     from forgetscale.metrics import ForgettingResult, evaluate_forgetting
     from forgetscale.models import count_parameters, load_model
     from forgetscale.reference import ReferenceCache, build_reference

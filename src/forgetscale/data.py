@@ -1,0 +1,177 @@
+"""Corpora to documents, documents to token blocks (DESIGN.md, "Exact definitions").
+
+A corpus *source* is one of:
+
+- an embedded corpus name (``pydoc``, ``shakespeare``; see :mod:`forgetscale.corpora`),
+- a ``.txt`` file (one document), a folder of ``.txt`` files (one document per
+  file, sorted by path), a ``.jsonl`` or ``.parquet`` file (one document per
+  record, from field ``text`` unless ``text_field`` names another),
+- ``hf:NAME`` or ``hf:NAME:CONFIG``: a Hugging Face dataset (needs ``datasets``
+  and a network), field ``text_field`` of split ``split``.
+
+Packing: each document is tokenized without special tokens and followed by the
+EOS token; documents are concatenated and cut into non-overlapping blocks of
+``block_size`` tokens; a final partial block is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forgetscale.corpora import EMBEDDED_CORPORA
+from forgetscale.errors import UserError
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents plus where they came from (recorded in reference fingerprints)."""
+
+    source: str
+    documents: list[str]
+
+    @property
+    def sha256(self) -> str:
+        return corpus_hash(self.documents)
+
+
+def corpus_hash(documents: list[str]) -> str:
+    """SHA-256 over the documents, each prefixed by its length (order matters)."""
+    h = hashlib.sha256()
+    for doc in documents:
+        data = doc.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def load_documents(
+    source: str,
+    *,
+    text_field: str = "text",
+    split: str = "train",
+    max_documents: int | None = None,
+) -> list[str]:
+    """Read the documents of a corpus source (see module docs). Empty documents are dropped."""
+    if source in EMBEDDED_CORPORA:
+        docs = EMBEDDED_CORPORA[source].load()
+    elif source.startswith("hf:"):
+        docs = _load_hf(source[3:], text_field, split)
+    else:
+        docs = _load_path(Path(source).expanduser(), text_field)
+    docs = [d for d in docs if d and d.strip()]
+    if max_documents is not None:
+        docs = docs[:max_documents]
+    if not docs:
+        raise UserError(f"corpus {source} is empty (no non-empty documents)")
+    return docs
+
+
+def load_corpus(source: str, **kwargs: Any) -> Corpus:
+    return Corpus(source, load_documents(source, **kwargs))
+
+
+def _load_path(path: Path, text_field: str) -> list[str]:
+    if not path.exists():
+        names = ", ".join(EMBEDDED_CORPORA)
+        raise UserError(f"corpus not found: {path} (not a file, folder or embedded corpus: {names})")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise UserError(f"corpus folder {path} has no .txt files")
+        return [_read_text(p) for p in files]
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [_read_text(path)]
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text_field)
+    if suffix == ".parquet":
+        return _read_parquet(path, text_field)
+    raise UserError(f"unsupported corpus file {path}: use .txt, .jsonl, .parquet or a folder")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[str]:
+    docs = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict) or text_field not in record:
+                raise UserError(
+                    f"{path}:{lineno}: record has no field {text_field!r} (choose with --text-field)"
+                )
+            docs.append(str(record[text_field]))
+    return docs
+
+
+def _read_parquet(path: Path, text_field: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+        raise UserError(f"could not read parquet file {path}: {exc}") from exc
+    if text_field not in table.column_names:
+        raise UserError(
+            f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)})"
+        )
+    return [str(v) for v in table.column(text_field).to_pylist() if v is not None]
+
+
+def _load_hf(name: str, text_field: str, split: str) -> list[str]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise UserError("hf: corpora need the datasets package: pip install datasets") from exc
+    dataset, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(dataset, config or None, split=split)
+    except Exception as exc:  # network, missing dataset, bad split ...
+        raise UserError(f"could not load dataset {name} split {split}: {exc}") from exc
+    if text_field not in ds.column_names:
+        raise UserError(
+            f"dataset {name} has no column {text_field!r} (columns: {', '.join(ds.column_names)})"
+        )
+    return [str(v) for v in ds[text_field]]
+
+
+def tokenize_documents(documents: list[str], tokenizer: Any) -> list[int]:
+    """Token ids of the documents, each without special tokens and followed by EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UserError("the tokenizer has no EOS token, needed to join documents")
+    ids: list[int] = []
+    for encoded in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(eos)
+    return ids
+
+
+def pack_documents(documents: list[str], tokenizer: Any, block_size: int) -> torch.Tensor:
+    """Pack documents into a ``[n_blocks, block_size]`` LongTensor (partial block dropped)."""
+    if block_size < 2:
+        raise UserError(f"block size must be at least 2 tokens, got {block_size}")
+    ids = tokenize_documents(documents, tokenizer)
+    n_blocks = len(ids) // block_size
+    if n_blocks == 0:
+        raise UserError(
+            f"corpus has {len(ids)} tokens, shorter than one block of {block_size}; "
+            "use a smaller --block-size or more text"
+        )
+    return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)

@@ -1,0 +1,301 @@
+"""The base model's predictions on the forgetting corpus, computed once and cached.
+
+For every predicted position i (block b, position t = 0..T-2 predicting token
+t+1) the cache keeps what the metrics of :mod:`forgetscale.metrics` need from the
+base distribution p = p_M(.|ctx):
+
+================  ==================  =============================================
+tensor            shape / dtype       meaning
+================  ==================  =============================================
+input_ids         [B, T] int32        the packed token blocks (the model reruns them)
+target_ids        [B, T-1] int32      y_i = argmax_v p(v), ties -> lowest id
+target_logprob    [B, T-1] float32    log p(y_i)
+topk_ids          [B, T-1, K] int32   the K most likely tokens under p
+topk_logprobs     [B, T-1, K] float32 their log-probabilities
+tail_mass         [B, T-1] float32    1 - sum of the top-K probabilities (exact, 0 if K=V)
+entropy           [B, T-1] float32    entropy of p over the K tokens + the lumped tail
+================  ==================  =============================================
+
+The file is safetensors; its header metadata carries the fingerprint as JSON
+(model, tokenizer hash, corpus hash, block size, K, dtype, library versions).
+Nothing is pickled. The base pass streams over the corpus in batches, so peak
+memory is set by the batch size (one batch of logits), not by the corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from forgetscale.errors import UserError
+from forgetscale.models import max_context, output_vocab_size, tokenizer_fingerprint
+
+FORMAT = "forgetscale.reference/1"
+TENSOR_NAMES = (
+    "input_ids",
+    "target_ids",
+    "target_logprob",
+    "topk_ids",
+    "topk_logprobs",
+    "tail_mass",
+    "entropy",
+)
+
+
+@dataclass
+class ReferenceCache:
+    """Base-model predictions on a token corpus, plus the fingerprint that identifies them."""
+
+    input_ids: torch.Tensor
+    target_ids: torch.Tensor
+    target_logprob: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_logprobs: torch.Tensor
+    tail_mass: torch.Tensor
+    entropy: torch.Tensor
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    # -- shape facts ---------------------------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def block_size(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.topk_ids.shape[-1])
+
+    @property
+    def positions(self) -> int:
+        """Number of predicted positions (tokens the metrics average over)."""
+        return self.n_blocks * (self.block_size - 1)
+
+    # -- the base model's own numbers (the "step 0" column) -------------------
+    @property
+    def base_forgetting_loss(self) -> float:
+        """Hard L_f of the base model itself: mean -log p(y_i). Not 0."""
+        return float(-self.target_logprob.double().mean())
+
+    @property
+    def base_entropy(self) -> float:
+        return float(self.entropy.double().mean())
+
+    # -- compatibility ----------------------------------------------------------
+    def check_compatible(self, tokenizer: Any, model: nn.Module | None = None) -> None:
+        """Refuse a model whose token ids do not mean what the reference's ids mean."""
+        tok = self.fingerprint.get("tokenizer", {})
+        if tok.get("sha256") and tok["sha256"] != tokenizer_fingerprint(tokenizer):
+            raise UserError(
+                f"reference was built with another tokenizer ({tok.get('class')}, "
+                f"{tok.get('vocab_size')} tokens, from model {self.fingerprint.get('model')}); "
+                "its token ids mean nothing to this model: build a reference with this model's base"
+            )
+        if model is not None:
+            want = self.fingerprint.get("vocab_size")
+            have = output_vocab_size(model)
+            if want is not None and want != have:
+                raise UserError(
+                    f"reference was built for a model with {want} output tokens, this model has {have}"
+                )
+            context = max_context(model)
+            if context is not None and self.block_size > context:
+                raise UserError(
+                    f"reference block size {self.block_size} exceeds this model's context of {context}"
+                )
+
+    def subset(self, n_blocks: int) -> ReferenceCache:
+        """The first ``n_blocks`` blocks (a cheaper estimate over a prefix of the corpus)."""
+        parts = {name: getattr(self, name)[:n_blocks] for name in TENSOR_NAMES}
+        fingerprint = dict(self.fingerprint, n_blocks=min(n_blocks, self.n_blocks))
+        return ReferenceCache(**parts, fingerprint=fingerprint)
+
+    # -- files ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (temporary file + rename) as safetensors with a JSON fingerprint."""
+        path = Path(path)
+        tensors = {name: getattr(self, name).contiguous() for name in TENSOR_NAMES}
+        metadata = {"format": FORMAT, "fingerprint": json.dumps(self.fingerprint)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ReferenceCache:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"reference file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = fh.metadata() or {}
+                if metadata.get("format") != FORMAT:
+                    raise UserError(f"{path} is not a forgetscale reference ({FORMAT})")
+                tensors = {name: fh.get_tensor(name) for name in TENSOR_NAMES}
+        except UserError:
+            raise
+        except Exception as exc:  # safetensors raises SafetensorError and others
+            raise UserError(f"could not read reference {path}: {exc}") from exc
+        return cls(**tensors, fingerprint=json.loads(metadata["fingerprint"]))
+
+    def describe(self) -> str:
+        fp = self.fingerprint
+        return (
+            f"reference of {fp.get('model')} on {fp.get('corpus', {}).get('source')}: "
+            f"{self.n_blocks} blocks x {self.block_size} tokens = {self.positions:,} predicted "
+            f"positions, top-{self.top_k}, {fp.get('dtype')}"
+        )
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early (before any compute) if ``path`` cannot be written."""
+    path = Path(path).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+    os.close(fd)
+    os.unlink(tmp)
+    return path
+
+
+def _library_versions() -> dict[str, str]:
+    import transformers
+
+    from forgetscale import __version__
+
+    return {"forgetscale": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _model_config_sha(model: nn.Module) -> str:
+    import hashlib
+
+    config = getattr(model, "config", None)
+    text = config.to_json_string(use_diff=False) if config is not None else repr(model)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@torch.inference_mode()
+def build_reference(
+    model: nn.Module,
+    tokenizer: Any,
+    blocks: torch.Tensor,
+    *,
+    top_k: int = 64,
+    batch_size: int = 4,
+    model_name: str | None = None,
+    corpus_source: str | None = None,
+    corpus_sha256: str | None = None,
+    progress: bool = True,
+) -> ReferenceCache:
+    """Run the base model once over ``blocks`` ([n_blocks, T] token ids) and cache its predictions.
+
+    Args:
+        model: the base model M (any transformers causal LM).
+        tokenizer: its tokenizer (hashed into the fingerprint).
+        blocks: packed token blocks from :func:`forgetscale.data.pack_documents`.
+        top_k: number of most likely tokens kept per position for the soft metrics.
+        batch_size: blocks per forward pass; sets peak memory (one batch of logits).
+        model_name, corpus_source, corpus_sha256: recorded in the fingerprint.
+    """
+    if blocks.dim() != 2 or blocks.shape[0] == 0:
+        raise UserError("no token blocks to build a reference on")
+    n_blocks, block_size = blocks.shape
+    vocab = output_vocab_size(model)
+    if not 1 <= top_k <= vocab:
+        raise UserError(f"--top-k must be between 1 and the vocabulary size {vocab}, got {top_k}")
+    context = max_context(model)
+    if context is not None and block_size > context:
+        raise UserError(f"block size {block_size} exceeds the model's context of {context} tokens")
+    positions = block_size - 1
+    out = {
+        "target_ids": torch.empty(n_blocks, positions, dtype=torch.int32),
+        "target_logprob": torch.empty(n_blocks, positions, dtype=torch.float32),
+        "topk_ids": torch.empty(n_blocks, positions, top_k, dtype=torch.int32),
+        "topk_logprobs": torch.empty(n_blocks, positions, top_k, dtype=torch.float32),
+        "tail_mass": torch.empty(n_blocks, positions, dtype=torch.float32),
+        "entropy": torch.empty(n_blocks, positions, dtype=torch.float32),
+    }
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bar = tqdm(total=n_blocks * positions, unit="tok", desc="reference", disable=not progress)
+    try:
+        for start in range(0, n_blocks, batch_size):
+            batch = blocks[start : start + batch_size].to(device)
+            logits = model(input_ids=batch).logits[:, :-1, :vocab].float()
+            stats = base_statistics(logits, top_k)
+            for name, value in stats.items():
+                out[name][start : start + batch.shape[0]] = value.cpu()
+            bar.update(batch.shape[0] * positions)
+    finally:
+        bar.close()
+        model.train(was_training)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    fingerprint = {
+        "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
+        "model_class": type(model).__name__,
+        "model_config_sha256": _model_config_sha(model),
+        "vocab_size": vocab,
+        "tokenizer": {
+            "sha256": tokenizer_fingerprint(tokenizer),
+            "class": type(tokenizer).__name__,
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        "corpus": {"source": corpus_source, "sha256": corpus_sha256},
+        "block_size": int(block_size),
+        "top_k": int(top_k),
+        "n_blocks": int(n_blocks),
+        "dtype": dtype,
+        "versions": _library_versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return ReferenceCache(input_ids=blocks.to(torch.int32).cpu(), **out, fingerprint=fingerprint)
+
+
+def base_statistics(logits: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """Per-position base statistics from float32 logits ``[..., V]`` (see the module table)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    target = logits.argmax(dim=-1)  # first maximal index = lowest id on ties
+    topk_logprobs, topk_ids = logp.topk(top_k, dim=-1)
+    if top_k == logits.shape[-1]:
+        log_tail = torch.full_like(target, -math.inf, dtype=logp.dtype)
+    else:
+        log_tail = logp.scatter(-1, topk_ids, -math.inf).logsumexp(dim=-1)
+    tail = log_tail.exp()
+    p_topk = topk_logprobs.exp()
+    tail_term = torch.where(tail > 0, tail * log_tail, torch.zeros_like(tail))
+    entropy = -(p_topk * topk_logprobs).sum(-1) - tail_term
+    return {
+        "target_ids": target.to(torch.int32),
+        "target_logprob": logp.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+        "topk_ids": topk_ids.to(torch.int32),
+        "topk_logprobs": topk_logprobs,
+        "tail_mass": tail,
+        "entropy": entropy,
+    }
