@@ -1,0 +1,451 @@
+"""Fitting laws to measurements, as the best scaling-law work does it.
+
+Following Hoffmann et al. (2022, App. D.2) and Besiroglu et al. (2024):
+
+1. the objective is the Huber loss (delta 1e-3) of log residuals
+   ``log yhat - log y`` (:mod:`forgetscale.laws.objective`), with positive
+   parameters optimised in log space;
+2. it is evaluated at every point of a grid of initialisations (vectorised with
+   numpy), and L-BFGS-B (analytic gradient) runs from the ``n_starts`` best grid
+   points; the best optimum is kept;
+3. convergence is reported and parameters that end on a bound are flagged;
+4. confidence intervals come from a bootstrap that resamples whole runs
+   (:mod:`forgetscale.laws.bootstrap`, fixed seed);
+5. quality is reported as R^2 and RMSE on the loss scale, on the fitted rows and
+   on held-out rows (``holdout``) that the fit never saw.
+
+Results are :class:`FitResult` objects that save to and load from plain JSON at full
+precision (no pickle), so a saved fit can drive :func:`predict`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgetscale.errors import UserError
+from forgetscale.laws._threads import single_blas_thread
+from forgetscale.laws.objective import HUBER_DELTA, Objective
+from forgetscale.laws.registry import Law, get_law, get_preset
+from forgetscale.laws.table import FitData, check_table, select_rows
+
+FIT_FORMAT = "forgetscale-fit/1"
+CI_LEVEL = 0.95
+
+
+@dataclass
+class FitResult:
+    """A fitted law.
+
+    Attributes:
+        law: Registry name of the law.
+        targets: Targets fitted (two for a joint law).
+        params: Best-fit parameter values (natural scale).
+        ci: Bootstrap ``CI_LEVEL`` percentile interval per parameter (empty without bootstrap).
+        r2: R^2 on the loss scale per target, on the fitted rows.
+        rmse: Root mean squared error on the loss scale per target, on the fitted rows.
+        n_points: Number of measurement rows fitted.
+        n_runs: Number of distinct runs among them.
+        converged: L-BFGS-B reported success for the kept optimum.
+        message: L-BFGS-B's termination message for the kept optimum.
+        on_bound: Parameters that ended on (within 1e-5 of the range of) a bound.
+        objective: Final objective value (Huber of log residuals / delta^2, mean).
+        holdout: ``{"r2": {target: ...}, "rmse": {target: ...}, "n_points": int}`` on
+            the held-out rows, or ``None``.
+        min_step: Rows with ``step < min_step`` were excluded.
+        n_starts: Number of L-BFGS-B starts run (best of the vectorised grid).
+        n_grid: Number of grid points evaluated.
+        bootstrap: Refitted parameters per resample ``(B, k)`` (natural scale), or ``None``.
+        seconds: Wall time of the fit (without bootstrap) and of the bootstrap.
+    """
+
+    law: str
+    targets: tuple[str, ...]
+    params: dict[str, float]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    r2: dict[str, float] = field(default_factory=dict)
+    rmse: dict[str, float] = field(default_factory=dict)
+    n_points: int = 0
+    n_runs: int = 0
+    converged: bool = True
+    message: str = ""
+    on_bound: list[str] = field(default_factory=list)
+    objective: float = float("nan")
+    holdout: dict[str, Any] | None = None
+    min_step: float = 1
+    n_starts: int = 0
+    n_grid: int = 0
+    bootstrap: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def law_spec(self) -> Law:
+        return get_law(self.law)
+
+    @property
+    def joint(self) -> bool:
+        return len(self.targets) > 1
+
+    def _scalar_or_dict(self, d: Mapping[str, float]) -> Any:
+        return dict(d) if self.joint else d[self.targets[0]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``forgetscale fit --json`` object.
+
+        For single-target laws ``target``, ``r2`` and ``rmse`` are scalars; for a joint
+        law (``kalajdzievski``) ``target`` is the list of targets and ``r2``/``rmse``
+        are ``{target: value}``.
+        """
+        holdout = None
+        if self.holdout is not None:
+            holdout = {
+                "r2": self._scalar_or_dict(self.holdout["r2"]),
+                "rmse": self._scalar_or_dict(self.holdout["rmse"]),
+                "n_points": self.holdout["n_points"],
+            }
+        return {
+            "law": self.law,
+            "target": list(self.targets) if self.joint else self.targets[0],
+            "params": dict(self.params),
+            "ci": {k: [lo, hi] for k, (lo, hi) in self.ci.items()},
+            "r2": self._scalar_or_dict(self.r2),
+            "rmse": self._scalar_or_dict(self.rmse),
+            "n_points": self.n_points,
+            "converged": self.converged,
+            "holdout": holdout,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, for :meth:`save` (plain JSON, full float precision)."""
+        d = self.to_json()
+        d.update(
+            format=FIT_FORMAT,
+            targets=list(self.targets),
+            r2_by_target=dict(self.r2),
+            rmse_by_target=dict(self.rmse),
+            holdout_by_target=self.holdout,
+            n_runs=self.n_runs,
+            message=self.message,
+            on_bound=list(self.on_bound),
+            objective=self.objective,
+            min_step=self.min_step,
+            n_starts=self.n_starts,
+            n_grid=self.n_grid,
+            formula={t: self.law_spec.formula[t] for t in self.targets},
+            bootstrap=None if self.bootstrap is None else self.bootstrap.tolist(),
+            seconds=dict(self.seconds),
+        )
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write the fit as JSON; :func:`load_fit` reads it back exactly."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n")
+
+    def predict(self, target: str, **variables: Any) -> np.ndarray:
+        """Evaluate the fitted law: ``fit.predict("forgetting_loss", params_trained=P, step=N)``."""
+        return self.law_spec(self.params, target, **variables)
+
+
+def load_fit(path: str | Path) -> FitResult:
+    """Read a fit written by :meth:`FitResult.save`."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read fit {path}: {exc}") from exc
+    if not isinstance(d, dict) or d.get("format") != FIT_FORMAT:
+        raise UserError(f"{path} is not a forgetscale fit (written by `forgetscale fit --save`)")
+    law = get_law(d["law"])
+    boot = d.get("bootstrap")
+    return FitResult(
+        law=law.name,
+        targets=tuple(d["targets"]),
+        params={k: float(v) for k, v in d["params"].items()},
+        ci={k: (float(v[0]), float(v[1])) for k, v in d.get("ci", {}).items()},
+        r2=d.get("r2_by_target", {}),
+        rmse=d.get("rmse_by_target", {}),
+        n_points=d.get("n_points", 0),
+        n_runs=d.get("n_runs", 0),
+        converged=d.get("converged", True),
+        message=d.get("message", ""),
+        on_bound=d.get("on_bound", []),
+        objective=d.get("objective", float("nan")),
+        holdout=d.get("holdout_by_target"),
+        min_step=d.get("min_step", 1),
+        n_starts=d.get("n_starts", 0),
+        n_grid=d.get("n_grid", 0),
+        bootstrap=None if boot is None else np.asarray(boot, dtype=float),
+        seconds=d.get("seconds", {}),
+    )
+
+
+# ------------------------------------------------------------------------ the fit
+
+
+def _grid(law: Law, columns: Mapping[str, np.ndarray], target: str | None) -> list[dict]:
+    spec: Any = law.grid_fn(columns, target) if law.grid_fn else None
+    if spec is None:
+        spec = {p.name: p.grid for p in law.params}
+    if isinstance(spec, Mapping):
+        names = law.param_names
+        values = [spec.get(n, law.param(n).grid) for n in names]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+    return list(spec)
+
+
+def _quality(y: np.ndarray, yhat: np.ndarray) -> tuple[float, float]:
+    resid = y - yhat
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
+    return r2, float(np.sqrt(np.mean(resid**2)))
+
+
+def _evaluate(law: Law, params: Mapping[str, float], data: FitData, targets) -> dict:
+    X = {v: data.columns[v] for v in law.variables}
+    r2, rmse = {}, {}
+    for t in targets:
+        yhat = np.asarray(law.predict(params, X, t), dtype=float)
+        r2[t], rmse[t] = _quality(data.columns[t], np.broadcast_to(yhat, data.columns[t].shape))
+    return {"r2": r2, "rmse": rmse, "n_points": len(data)}
+
+
+def resolve_targets(law: Law, target: str | None) -> tuple[str, ...]:
+    """The targets a fit of ``law`` uses (``target`` is ignored by joint laws)."""
+    if law.joint:
+        return tuple(law.targets)
+    if target is None:
+        return (law.targets[0],)
+    if target not in law.targets:
+        raise UserError(f"law {law.name!r} predicts {', '.join(law.targets)}, not {target!r}")
+    return (target,)
+
+
+def fit_data(
+    law: Law,
+    targets: Sequence[str],
+    data: FitData,
+    *,
+    n_starts: int | None = 10,
+    delta: float = HUBER_DELTA,
+    init: Mapping[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, Any], np.ndarray]:
+    """Fit ``law`` to already-selected rows; returns ``(params, info, z_best)``."""
+    from scipy.optimize import minimize
+
+    X = {v: data.columns[v] for v in law.variables}
+    Y = {t: data.columns[t] for t in targets}
+    obj = Objective(law, targets, X, Y, delta)
+    points = (
+        [init] if init is not None else _grid(law, data.columns, None if law.joint else targets[0])
+    )
+    Z = np.array([obj.to_z(p) for p in points])
+    Z = np.unique(Z, axis=0)
+    values = obj.values(Z)
+    order = np.argsort(values)
+    if n_starts is not None:
+        order = order[: max(1, n_starts)]
+    loose = {"maxiter": 500, "ftol": 1e-8, "gtol": 1e-7}
+    strict = {"maxiter": 5000, "ftol": 1e-12, "gtol": 1e-9}
+    with single_blas_thread():
+        # stage 1: every start, loosely; stage 2: polish the best one strictly
+        best = None
+        for i in order:
+            res = minimize(
+                obj.value_and_grad,
+                Z[i],
+                jac=True,
+                method="L-BFGS-B",
+                bounds=obj.bounds,
+                options=loose,
+            )
+            if best is None or res.fun < best.fun:
+                best = res
+        assert best is not None
+        best = minimize(
+            obj.value_and_grad,
+            best.x,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=obj.bounds,
+            options=strict,
+        )
+    assert best is not None
+    z = best.x
+    span = obj.zupper - obj.zlower
+    on_bound = [
+        p
+        for p, zi, lo, hi, s in zip(law.param_names, z, obj.zlower, obj.zupper, span, strict=True)
+        if zi - lo <= 1e-5 * s or hi - zi <= 1e-5 * s
+    ]
+    values_nat = obj.from_z(z)
+    params = {p: float(v) for p, v in zip(law.param_names, values_nat, strict=True)}
+    message = best.message if isinstance(best.message, str) else str(best.message)
+    info = {
+        "converged": bool(best.success),
+        "message": message,
+        "on_bound": on_bound,
+        "objective": float(best.fun),
+        "n_starts": len(order),
+        "n_grid": len(Z),
+    }
+    return params, info, z
+
+
+def fit_law(
+    table: Any,
+    law: str | Law,
+    target: str | None = None,
+    *,
+    min_step: float = 1,
+    holdout: str | Sequence[str] | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    n_starts: int | None = 10,
+    delta: float = HUBER_DELTA,
+    workers: int | None = None,
+) -> FitResult:
+    """Fit a law to a measurement table.
+
+    Args:
+        table: A pandas DataFrame with the export columns, or a path to a CSV,
+            parquet or SQLite results store.
+        law: Law name (see :func:`forgetscale.laws.list_laws`) or a :class:`Law`.
+        target: ``forgetting_loss`` (default for non-joint laws) or ``finetune_loss``;
+            ignored by joint laws, which fit all their targets.
+        min_step: Exclude rows with ``step < min_step``. Power laws in N always
+            exclude step 0 (the base model, N = 0). The paper used 50.
+        holdout: ``"largest-P"`` (runs with the largest P), ``"largest-N"`` (the top 20%
+            of step values), or run ids: these rows are not fitted; the result reports
+            R^2/RMSE on them.
+        n_boot: Bootstrap resamples (whole runs) for confidence intervals; 0 = none.
+        seed: Seed of the bootstrap resampling.
+        n_starts: L-BFGS-B starts from the best grid points (``None`` = every grid point).
+        delta: Huber threshold on log residuals.
+        workers: Processes for the bootstrap (``None`` = automatic, 1 = serial).
+    """
+    from forgetscale.laws.bootstrap import bootstrap_params
+    from forgetscale.laws.table import read_table
+
+    spec = law if isinstance(law, Law) else get_law(law)
+    targets = resolve_targets(spec, target)
+    df = table if hasattr(table, "columns") else read_table(table)
+    data = check_table(df, spec, targets)
+    train, held = select_rows(data, spec, targets, min_step=min_step, holdout=holdout)
+
+    t0 = time.perf_counter()
+    params, info, z = fit_data(spec, targets, train, n_starts=n_starts, delta=delta)
+    seconds = {"fit": time.perf_counter() - t0}
+    quality = _evaluate(spec, params, train, targets)
+    result = FitResult(
+        law=spec.name,
+        targets=targets,
+        params=params,
+        r2=quality["r2"],
+        rmse=quality["rmse"],
+        n_points=len(train),
+        n_runs=len(np.unique(train.run_id)),
+        min_step=min_step,
+        holdout=None if held is None else _evaluate(spec, params, held, targets),
+        seconds=seconds,
+        **info,
+    )
+    if n_boot > 0:
+        t0 = time.perf_counter()
+        X = {v: train.columns[v] for v in spec.variables}
+        Y = {t: train.columns[t] for t in targets}
+        boot = bootstrap_params(
+            spec.name, targets, X, Y, train.run_id, z, n_boot, seed, delta, workers
+        )
+        result.bootstrap = boot
+        result.ci = confidence_intervals(spec, boot)
+        seconds["bootstrap"] = time.perf_counter() - t0
+    return result
+
+
+def confidence_intervals(
+    law: Law, boot: np.ndarray, level: float = CI_LEVEL
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals per parameter from bootstrap refits (NaN rows ignored)."""
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    ok = boot[np.all(np.isfinite(boot), axis=1)]
+    if len(ok) == 0:
+        return {}
+    lo, hi = np.percentile(ok, [lo_q, hi_q], axis=0)
+    return {p: (float(a), float(b)) for p, a, b in zip(law.param_names, lo, hi, strict=True)}
+
+
+# ----------------------------------------------------------------------- predict
+
+
+def resolve_law(spec: str | Path | FitResult) -> FitResult:
+    """A fit from a :class:`FitResult`, a saved ``FIT.json``, or a preset name."""
+    if isinstance(spec, FitResult):
+        return spec
+    s = str(spec)
+    if s.endswith(".json") or Path(s).is_file():
+        return load_fit(s)
+    if ":" not in s:
+        from forgetscale.laws.registry import list_presets
+
+        law = get_law(s)  # unknown law -> UserError
+        presets = [p for p in list_presets() if p.startswith(law.name + ":")]
+        hint = f"a preset ({', '.join(presets)}) or " if presets else ""
+        raise UserError(
+            f"law {law.name!r} has no parameters until fitted: give {hint}a FIT.json "
+            f"written by `forgetscale fit --save`"
+        )
+    law, params, _ = get_preset(s)
+    return FitResult(law=law.name, targets=tuple(law.targets), params=params, n_points=0)
+
+
+def predict(
+    law: str | Path | FitResult,
+    params_trained: Any = None,
+    step: Any = None,
+    *,
+    finetune_loss: Any = None,
+    level: float = CI_LEVEL,
+) -> dict[str, dict[str, np.ndarray | None]]:
+    """Predict losses from a preset, a saved fit or a :class:`FitResult`.
+
+    Returns ``{target: {"value": array, "lo": array | None, "hi": array | None}}`` for
+    every target the law predicts; the interval is the bootstrap percentile interval of
+    the prediction when the fit has bootstrap refits.
+    """
+    fit = resolve_law(law)
+    spec = fit.law_spec
+    given = {"params_trained": params_trained, "step": step, "finetune_loss": finetune_loss}
+    missing = [v for v in spec.variables if given[v] is None]
+    if missing:
+        flags = {
+            "params_trained": "--params",
+            "step": "--steps",
+            "finetune_loss": "--finetune-loss",
+        }
+        raise UserError(
+            f"law {spec.name!r} needs {', '.join(flags[m] for m in missing)} to predict"
+        )
+    X = {v: np.atleast_1d(np.asarray(given[v], dtype=float)) for v in spec.variables}
+    if "step" in X and spec.power_law and (X["step"] <= 0).any():
+        raise UserError("power laws in N are undefined at step 0; use steps >= 1")
+    if "params_trained" in X and (X["params_trained"] <= 0).any():
+        raise UserError("--params must be > 0")
+    X = dict(zip(X, np.broadcast_arrays(*X.values()), strict=True))
+    out: dict[str, dict[str, np.ndarray | None]] = {}
+    for t in fit.targets:
+        value = np.broadcast_to(spec.predict(fit.params, X, t), next(iter(X.values())).shape)
+        lo = hi = None
+        if fit.bootstrap is not None and len(fit.bootstrap):
+            boot = fit.bootstrap[np.all(np.isfinite(fit.bootstrap), axis=1)]
+            theta = {p: boot[:, i : i + 1] for i, p in enumerate(spec.param_names)}
+            draws = np.broadcast_to(spec.predict(theta, X, t), (len(boot), value.shape[0]))
+            lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        out[t] = {"value": np.asarray(value, dtype=float), "lo": lo, "hi": hi}
+    return out
