@@ -19,6 +19,7 @@ TINY_CONTEXT = 128
 def train_tiny_tokenizer(vocab_size: int = 320, seed_text_topics: int = 40):
     """A byte-level BPE tokenizer trained on pydoc topics, wrapped for transformers."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,7 +54,9 @@ def make_tiny_model(vocab_size: int, *, hidden: int = 32, layers: int = 2, seed:
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model_dir(path: Path, *, vocab_size: int = 320, hidden: int = 32, seed: int = 0) -> Path:
+def save_tiny_model_dir(
+    path: Path, *, vocab_size: int = 320, hidden: int = 32, seed: int = 0
+) -> Path:
     tokenizer = train_tiny_tokenizer(vocab_size)
     model = make_tiny_model(len(tokenizer), hidden=hidden, seed=seed)
     model.save_pretrained(path)

@@ -93,7 +93,9 @@ def test_top_k_metrics_stay_within_stated_bounds(base_and_tuned, top_k):
 
 def test_reference_round_trip_and_batching_do_not_change_results(base_and_tuned, tmp_path):
     base, tuned, blocks = base_and_tuned
-    reference = build_reference(base.model, base.tokenizer, blocks, top_k=8, batch_size=4, progress=False)
+    reference = build_reference(
+        base.model, base.tokenizer, blocks, top_k=8, batch_size=4, progress=False
+    )
     path = reference.save(tmp_path / "ref.safetensors")
     from forgetscale.reference import ReferenceCache
 

@@ -79,7 +79,9 @@ def load_corpus(source: str, **kwargs: Any) -> Corpus:
 def _load_path(path: Path, text_field: str) -> list[str]:
     if not path.exists():
         names = ", ".join(EMBEDDED_CORPORA)
-        raise UserError(f"corpus not found: {path} (not a file, folder or embedded corpus: {names})")
+        raise UserError(
+            f"corpus not found: {path} (not a file, folder or embedded corpus: {names})"
+        )
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:

@@ -223,9 +223,7 @@ def apply_adapter(model: nn.Module, adapter: str) -> nn.Module:
     try:
         return PeftModel.from_pretrained(model, str(path), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
-        base = json.loads((path / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path"
-        )
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         raise UserError(
             f"adapter {adapter} does not fit this model (made for {base or 'another base'}): "
             f"{_first_line(exc)}"

@@ -188,7 +188,11 @@ def _library_versions() -> dict[str, str]:
 
     from forgetscale import __version__
 
-    return {"forgetscale": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "forgetscale": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _model_config_sha(model: nn.Module) -> str:
