@@ -26,6 +26,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "runs",
     "export",
+    "fit",
+    "predict",
+    "compare",
 )
 
 DESCRIPTION = """\

@@ -252,7 +252,7 @@ def fit_data(
     if n_starts is not None:
         order = order[: max(1, n_starts)]
     loose = {"maxiter": 500, "ftol": 1e-8, "gtol": 1e-7}
-    strict = {"maxiter": 5000, "ftol": 1e-12, "gtol": 1e-9}
+    strict = {"maxiter": 3000, "ftol": 1e-10, "gtol": 1e-9}
     with single_blas_thread():
         # stage 1: every start, loosely; stage 2: polish the best one strictly
         best = None
@@ -449,3 +449,77 @@ def predict(
             lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)], axis=0)
         out[t] = {"value": np.asarray(value, dtype=float), "lo": lo, "hi": hi}
     return out
+
+
+# ----------------------------------------------------------------------- compare
+
+
+def compare_laws(
+    table: Any,
+    laws: Sequence[str],
+    target: str = "forgetting_loss",
+    *,
+    min_step: float = 1,
+    holdout: str | Sequence[str] | None = "largest-P",
+    n_starts: int | None = 10,
+) -> list[dict[str, Any]]:
+    """Fit each law on the same rows and rank them by held-out RMSE on ``target``.
+
+    Returns one dict per law, best first: ``law, n_params, r2, rmse, holdout_r2,
+    holdout_rmse, holdout_n_points, converged, note``. Laws that cannot be fitted
+    (or do not predict ``target``) come last with ``holdout_rmse = None`` and the
+    reason in ``note``.
+    """
+    from forgetscale.laws.table import read_table
+
+    if holdout is None:
+        raise UserError("compare ranks laws by held-out error: give --holdout")
+    specs = [get_law(n) for n in laws]  # unknown law -> UserError before any fitting
+    df = table if hasattr(table, "columns") else read_table(table)
+    rows, failed = [], []
+    for spec in specs:
+        base = {"law": spec.name, "n_params": len(spec.params)}
+        if target not in spec.targets:
+            failed.append({**base, "note": f"skipped: does not predict {target}"})
+            continue
+        try:
+            fit = fit_law(
+                df,
+                spec,
+                None if spec.joint else target,
+                min_step=min_step,
+                holdout=holdout,
+                n_starts=n_starts,
+            )
+        except UserError as exc:
+            failed.append({**base, "note": f"skipped: {exc}"})
+            continue
+        assert fit.holdout is not None
+        notes = []
+        if spec.joint:
+            notes.append("joint fit")
+        if "finetune_loss" in spec.variables:
+            notes.append("uses observed L_ft")
+        if not fit.converged:
+            notes.append("not converged")
+        if fit.on_bound:
+            notes.append("on bound: " + ",".join(fit.on_bound))
+        rows.append(
+            {
+                **base,
+                "r2": fit.r2[target],
+                "rmse": fit.rmse[target],
+                "holdout_r2": fit.holdout["r2"][target],
+                "holdout_rmse": fit.holdout["rmse"][target],
+                "holdout_n_points": fit.holdout["n_points"],
+                "converged": fit.converged,
+                "note": "; ".join(notes),
+            }
+        )
+    if not rows:
+        reasons = "; ".join(f"{f['law']}: {f['note']}" for f in failed)
+        raise UserError(f"no law could be fitted ({reasons})")
+    rows.sort(key=lambda r: r["holdout_rmse"])
+    for f in failed:
+        f.update(r2=None, rmse=None, holdout_r2=None, holdout_rmse=None, converged=None)
+    return rows + failed

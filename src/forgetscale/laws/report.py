@@ -1,0 +1,111 @@
+"""Plain-text reports for fits, comparisons and predictions (used by the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from forgetscale.laws.fitting import CI_LEVEL, FitResult
+
+_SHORT = {"finetune_loss": "L_ft", "forgetting_loss": "L_f"}
+
+
+def _g(x: float | None, digits: int = 5) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def format_fit(fit: FitResult, holdout_desc: str | None = None) -> str:
+    """Parameter table with intervals, fit quality and warnings."""
+    law = fit.law_spec
+    lines = [
+        f"law: {law.name}" + (f" (joint fit of {', '.join(fit.targets)})" if fit.joint else "")
+    ]
+    for t in fit.targets:
+        lines.append(f"  {law.formula[t]}")
+    excl = f"steps >= {fit.min_step:g}" + ("; step 0 excluded" if law.power_law else "")
+    lines.append(f"data: {fit.n_points} points from {fit.n_runs} runs ({excl})")
+    if fit.holdout is not None:
+        lines.append(f"held out: {fit.holdout['n_points']} points ({holdout_desc or 'holdout'})")
+    status = "converged" if fit.converged else "NOT converged"
+    lines.append(
+        f"fit: {status}; Huber(delta=1e-3) on log residuals, L-BFGS-B from the best "
+        f"{fit.n_starts} of {fit.n_grid} grid starts; {fit.seconds.get('fit', 0):.2f} s"
+    )
+    n_boot = 0 if fit.bootstrap is None else len(fit.bootstrap)
+    ci_head = (
+        f"{int(CI_LEVEL * 100)}% CI ({n_boot} run resamples)" if fit.ci else "CI (no bootstrap)"
+    )
+    lines.append("")
+    lines.append(f"{'param':<10} {'value':>13}   {ci_head}")
+    for p in law.params:
+        v = fit.params[p.name]
+        ci = fit.ci.get(p.name)
+        ci_s = f"[{_g(ci[0])}, {_g(ci[1])}]" if ci else "-"
+        flag = "  (on bound)" if p.name in fit.on_bound else ""
+        lines.append(f"{p.name:<10} {_g(v, 6):>13}   {ci_s}{flag}")
+    lines.append("")
+    head = f"{'target':<16} {'R^2':>8} {'RMSE':>9}"
+    if fit.holdout is not None:
+        head += f" {'held-out R^2':>13} {'held-out RMSE':>14}"
+    lines.append(head)
+    for t in fit.targets:
+        row = f"{t:<16} {fit.r2[t]:>8.4f} {fit.rmse[t]:>9.5f}"
+        if fit.holdout is not None:
+            row += f" {fit.holdout['r2'][t]:>13.4f} {fit.holdout['rmse'][t]:>14.5f}"
+        lines.append(row)
+    if not fit.converged:
+        lines.append(f"warning: L-BFGS-B did not converge: {fit.message}")
+    if fit.on_bound:
+        lines.append(
+            f"warning: {', '.join(fit.on_bound)} ended on a bound; the law may not be "
+            "identifiable from these runs"
+        )
+    if fit.bootstrap is not None:
+        bad = int((~np.all(np.isfinite(fit.bootstrap), axis=1)).sum())
+        if bad:
+            lines.append(f"warning: {bad} bootstrap refits failed and were ignored")
+    return "\n".join(lines)
+
+
+def format_compare(rows: Sequence[dict[str, Any]], target: str, holdout_desc: str) -> str:
+    """Ranking table for ``forgetscale compare``."""
+    lines = [
+        f"target: {target}; ranked by RMSE on held-out points ({holdout_desc})",
+        "",
+        f"{'rank':<5} {'law':<16} {'params':>6} {'R^2':>8} {'RMSE':>9} "
+        f"{'held-out R^2':>13} {'held-out RMSE':>14}  note",
+    ]
+    for i, r in enumerate(rows, 1):
+        if r["holdout_rmse"] is None:
+            lines.append(f"{'-':<5} {r['law']:<16} {r['n_params']:>6}  {r['note']}")
+            continue
+        lines.append(
+            f"{i:<5} {r['law']:<16} {r['n_params']:>6} {r['r2']:>8.4f} {r['rmse']:>9.5f} "
+            f"{r['holdout_r2']:>13.4f} {r['holdout_rmse']:>14.5f}  {r.get('note', '')}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def format_prediction(rows: Sequence[dict[str, Any]], header: str) -> str:
+    """Table of predictions (one row per P, N) for ``forgetscale predict``."""
+    targets = [
+        t for t in ("finetune_loss", "forgetting_loss") if rows and rows[0].get(t) is not None
+    ]
+    keys = [k for k in ("params_trained", "step", "finetune_loss_in") if k in rows[0]]
+    names = {"params_trained": "P", "step": "N", "finetune_loss_in": "L_ft (given)"}
+    lines = [header, ""]
+    head = " ".join(f"{names[k]:>12}" for k in keys)
+    head += "".join(f"  {_SHORT[t] + ' (' + t + ')':<34}" for t in targets)
+    lines.append(head)
+    for r in rows:
+        line = " ".join(f"{_g(r[k], 6):>12}" for k in keys)
+        for t in targets:
+            ci = r["ci"].get(t)
+            cell = f"{r[t]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+            line += f"  {cell:<34}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
