@@ -108,11 +108,11 @@ class TrainConfig:
         0.1,
         "Fraction of the task blocks/examples held out for L_ft when heldout_data is unset.",
     )
-    heldout_max_blocks: int | None = _f(
-        64,
-        "At most this many held-out blocks per L_ft evaluation (None = all). Bounds eval cost.",
+    heldout_max_tokens: int | None = _f(
+        2048,
+        "Token budget of each L_ft evaluation: at most this many held-out tokens (None = all).",
     )
-    block_size: int = _f(256, "Tokens per training block (context length T).")
+    block_size: int = _f(128, "Tokens per training block (context length T).")
     adapter: str | None = _f(
         None, "An existing PEFT adapter to start from (applied to the base before training)."
     )
@@ -128,7 +128,7 @@ class TrainConfig:
         None, "Block size of the forgetting corpus (None = block_size)."
     )
     forgetting_max_tokens: int | None = _f(
-        32768,
+        8192,
         "Token budget of the forgetting evaluation: at most this many tokens of the forgetting "
         "corpus (None = all).",
     )
@@ -183,7 +183,7 @@ class TrainConfig:
         "Overrides eval_log_points/eval_every when set.",
     )
     eval_log_points: int = _f(
-        8, "Number of log-spaced evaluation steps in 1..max_steps (plus step 0 and the last)."
+        6, "Number of log-spaced evaluation steps in 1..max_steps (plus step 0 and the last)."
     )
     eval_every: int | None = _f(None, "Also measure every k steps.")
     eval_batch_size: int = _f(8, "Blocks per forward pass in evaluation.")
@@ -253,8 +253,9 @@ class TrainConfig:
             raise UserError(f"eval_every must be positive, got {self.eval_every}")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             raise UserError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
-        if self.forgetting_max_tokens is not None and self.forgetting_max_tokens <= 0:
-            raise UserError("forgetting_max_tokens must be positive (or null for all tokens)")
+        for name in ("forgetting_max_tokens", "heldout_max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive (or null for all tokens)")
         if isinstance(self.target_modules, str) and not self.target_modules.strip():
             raise UserError("target_modules is empty")
         return self

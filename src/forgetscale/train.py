@@ -1,0 +1,962 @@
+"""One fine-tuning run that measures L_ft and L_f at scheduled steps (``forgetscale train``).
+
+The run, in order:
+
+1. load the base model M and its tokenizer; read the task data (text blocks or chat
+   examples) and split off the held-out part for L_ft;
+2. find or build the reference cache of M on the forgetting corpus (before any
+   adapter exists, so the base pass is M itself; one model in memory);
+3. put the method on M (LoRA / IA3 through PEFT, or unfreeze the top blocks or
+   everything), count P, record the run in the results store;
+4. step loop: at step 0 (M itself) and after each scheduled update, measure L_ft on
+   held-out task data and L_f, soft L_f, KL and agreement against the cache; write
+   the measurement, then a checkpoint.
+
+Resume: the run id is the hash of the resolved config. Started again after a crash
+or a SIGKILL, the run loads its latest complete checkpoint (trainable weights,
+optimizer and scheduler state, RNG states, the step, which fixes the data
+position) and continues; the measurements equal an uninterrupted run's. A
+finished run is not run again. Checkpoints are safetensors + JSON only: nothing
+is pickled.
+
+Divergence: a NaN or infinite loss stops the run and marks it ``diverged`` at that
+step; measurements taken before stay in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgetscale.config import TrainConfig, load_config, stable_json
+from forgetscale.errors import DivergedError, UserError
+from forgetscale.taskdata import IGNORE_INDEX, Examples, load_task_data
+
+# ------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did."""
+
+    run_id: str
+    status: str  # finished | diverged | failed | running (never returned)
+    store: str
+    steps: int
+    """Updates done when the run stopped."""
+    params_trained: int | None
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    """The measurements this call took (a finished run called again takes none)."""
+    diverged_step: int | None = None
+    message: str | None = None
+    reference: str | None = None
+    resumed_from: int | None = None
+    wall_s: float = 0.0
+    """Wall time of this call."""
+    eval_s: float = 0.0
+    """Of which evaluation (L_ft + L_f) took this much."""
+    checkpoint_s: float = 0.0
+    """Of which writing checkpoints took this much."""
+    step_s: float = 0.0
+    """Of which the update steps took this much (forward, backward, optimizer, bookkeeping)."""
+
+    def summary(self) -> str:
+        if self.status == "finished" and not self.measurements:
+            return f"run {self.run_id}: already finished in {self.store}; nothing to do"
+        text = f"run {self.run_id}: {self.status} after {self.steps} steps"
+        if self.diverged_step is not None:
+            text += f" (diverged at step {self.diverged_step}: {self.message})"
+        if self.measurements:
+            first, last = self.measurements[0], self.measurements[-1]
+            text += (
+                f"; step {last['step']}: L_ft {last['finetune_loss']:.4f}, "
+                f"L_f {last['forgetting_loss']:.4f} (step {first['step']}: "
+                f"L_ft {first['finetune_loss']:.4f}, L_f {first['forgetting_loss']:.4f})"
+            )
+        if self.wall_s:
+            text += f"; {self.wall_s:.1f}s, evaluation {100 * self.eval_s / self.wall_s:.0f}%"
+        return text + f"; results in {self.store}"
+
+
+# ------------------------------------------------------------------------------------------
+# model surgery: methods, target modules, P
+
+
+_ATTENTION_HINTS = ("attn", "attention")
+_MLP_HINTS = ("mlp", "feed_forward", "ffn", "ffwd")
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of transformer blocks (the longest ModuleList of sub-modules)."""
+    best: nn.ModuleList | None = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None:
+        raise UserError("could not find the transformer blocks of this model")
+    return best
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+@dataclass(frozen=True)
+class LinearModule:
+    name: str  # full module path
+    leaf: str
+    group: str  # attention | mlp | other
+    layer: int | None
+
+
+def linear_modules(model: nn.Module) -> list[LinearModule]:
+    """Every linear layer except the output head, with its group and block index."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    blocks = transformer_blocks(model)
+    layer_of: dict[int, int] = {}
+    for index, block in enumerate(blocks):
+        for sub in block.modules():
+            layer_of[id(sub)] = index
+    out = []
+    for name, module in model.named_modules():
+        if module is head or not _is_linear(module):
+            continue
+        parents = [p.lower() for p in name.split(".")[:-1]]
+        if any(h in p for p in parents for h in _ATTENTION_HINTS):
+            group = "attention"
+        elif any(h in p for p in parents for h in _MLP_HINTS):
+            group = "mlp"
+        else:
+            group = "other"
+        out.append(LinearModule(name, name.rsplit(".", 1)[-1], group, layer_of.get(id(module))))
+    return out
+
+
+def resolve_targets(model: nn.Module, config: TrainConfig) -> tuple[list[str], list[LinearModule]]:
+    """PEFT ``target_modules`` for the config's preset or names, restricted to ``layers``.
+
+    Returns the names to give PEFT (leaf names when they are unambiguous, else full
+    module paths) and the selected modules.
+    """
+    modules = linear_modules(model)
+    leaves = sorted({m.leaf for m in modules})
+    spec = config.target_modules
+    if isinstance(spec, str) and spec in ("attention", "mlp", "all-linear"):
+        groups = {"attention": {"attention"}, "mlp": {"mlp"}}.get(
+            spec, {"attention", "mlp", "other"}
+        )
+        chosen = [m for m in modules if m.group in groups]
+        if not chosen:
+            raise UserError(
+                f"target_modules={spec!r} matches no linear module of this model; "
+                f"its linear modules are: {', '.join(leaves)}"
+            )
+    else:
+        names = [spec] if isinstance(spec, str) else list(spec)
+        unknown = [
+            n
+            for n in names
+            if not any(m.leaf == n or m.name == n or m.name.endswith("." + n) for m in modules)
+        ]
+        if unknown:
+            raise UserError(
+                f"unknown target module(s) {', '.join(unknown)}; this model's linear modules "
+                f"are: {', '.join(leaves)} (or use attention, mlp, all-linear)"
+            )
+        chosen = [
+            m
+            for m in modules
+            if any(m.leaf == n or m.name == n or m.name.endswith("." + n) for n in names)
+        ]
+    if config.layers is not None:
+        n_layers = len(transformer_blocks(model))
+        bad = [i for i in config.layers if not 0 <= i < n_layers]
+        if bad:
+            raise UserError(f"layers {bad} out of range: this model has blocks 0..{n_layers - 1}")
+        chosen = [m for m in chosen if m.layer in set(config.layers)]
+    chosen_leaves = {m.leaf for m in chosen}
+    others_with_same_leaf = [m for m in modules if m.leaf in chosen_leaves and m not in chosen]
+    if others_with_same_leaf:
+        return [m.name for m in chosen], chosen
+    return sorted(chosen_leaves), chosen
+
+
+def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Make the config's parameters trainable (PEFT for lora/ia3); returns the model to train."""
+    method = config.method
+    if method in ("lora", "ia3"):
+        from peft import IA3Config, LoraConfig, get_peft_model
+
+        targets, chosen = resolve_targets(model, config)
+        if method == "lora":
+            peft_config = LoraConfig(
+                r=config.rank,
+                lora_alpha=config.alpha,
+                lora_dropout=config.dropout,
+                use_rslora=config.rslora,
+                target_modules=targets,
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+        else:
+            ff = [
+                t
+                for t in targets
+                if any(m.group == "mlp" and t in (m.leaf, m.name) for m in chosen)
+            ]
+            peft_config = IA3Config(
+                target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM"
+            )
+        return get_peft_model(model, peft_config)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    blocks = transformer_blocks(model)
+    if method == "top-layers":
+        if config.top_k_layers > len(blocks):
+            raise UserError(
+                f"top_k_layers={config.top_k_layers} but the model has {len(blocks)} blocks"
+            )
+        for block in list(blocks)[-config.top_k_layers :]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+    elif method == "full":
+        if config.layers is None:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            bad = [i for i in config.layers if not 0 <= i < len(blocks)]
+            if bad:
+                raise UserError(f"layers {bad} out of range: blocks are 0..{len(blocks) - 1}")
+            for i in config.layers:
+                for p in blocks[i].parameters():
+                    p.requires_grad_(True)
+    else:  # pragma: no cover - validated in the config
+        raise UserError(f"unknown method {method!r}")
+    return model
+
+
+# ------------------------------------------------------------------------------------------
+# optimisation
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier for update ``step`` (0-based): linear warm-up, then the schedule."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(
+            s, warmup=config.warmup_steps, total=config.max_steps, schedule=config.schedule
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# data order: a pure function of (seed, step), so the data position needs no state
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Example indices of update ``step`` (0-based): consecutive slices of per-epoch permutations."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset : offset + take].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.inference_mode()
+def finetune_loss(model: nn.Module, heldout: Examples, *, batch_size: int) -> float:
+    """Token-weighted mean next-token cross-entropy on held-out task data (L_ft)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(heldout), batch_size):
+            part = heldout.select(slice(start, start + batch_size))
+            ids = part.input_ids.to(device)
+            mask = None if part.attention_mask is None else part.attention_mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            labels = part.labels[:, 1:].to(device)
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += float(loss.double())
+            count += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints: safetensors + JSON, written to a temporary folder and renamed into place
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import numpy as np
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def _split_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested state by ``{"__tensor__": key}`` references."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {str(k): _split_state(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} without pickle")
+
+
+def _join_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        return {k: _join_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_state(v, tensors) for v in obj]
+    return obj
+
+
+def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
+    """JSON turned the optimizer's integer parameter ids into strings; turn them back."""
+    return {
+        "state": {int(k): v for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: dict[str, Any],
+) -> Path:
+    """Write ``directory/step-NNNNNN`` atomically, then drop older checkpoints."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:06d}"
+    tmp = directory / f".tmp-step-{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    weights = {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    opt_tensors: dict[str, torch.Tensor] = {}
+    opt_json = _split_state(optimizer.state_dict(), "optimizer", opt_tensors)
+    sched_json = _split_state(scheduler.state_dict(), "scheduler", opt_tensors)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    rng_tensors, rng_json = _rng_state()
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    state = {
+        "step": step,
+        "optimizer": opt_json,
+        "scheduler": sched_json,
+        "rng": rng_json,
+        "progress": progress,
+    }
+    with (tmp / "state.json").open("w") as fh:
+        json.dump(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in directory.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    if not directory.is_dir():
+        return None
+    complete = [p for p in directory.glob("step-*") if (p / "state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name[5:])) if complete else None
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG from ``path``; returns its state."""
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing or set(weights) - set(params):
+        raise UserError(
+            f"checkpoint {path} does not match this run's trainable parameters; "
+            "start afresh with --restart"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    optimizer.load_state_dict(_optimizer_state_from_json(_join_state(state["optimizer"], tensors)))
+    scheduler.load_state_dict(_join_state(state["scheduler"], tensors))
+    _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    return state
+
+
+# ------------------------------------------------------------------------------------------
+# the reference cache for a run
+
+
+def _reference_for_run(
+    config: TrainConfig,
+    model: nn.Module,
+    tokenizer: Any,
+    model_name: str,
+    log: Callable[[str], None],
+):
+    """Load the run's reference cache if its fingerprint matches, else build and save it."""
+    import hashlib
+
+    from forgetscale.data import corpus_hash, load_documents, pack_documents
+    from forgetscale.models import tokenizer_fingerprint
+    from forgetscale.reference import ReferenceCache, build_reference
+
+    block = config.forgetting_block_size or config.block_size
+    docs = load_documents(config.forgetting_data, text_field=config.text_field)
+    corpus_sha = corpus_hash(docs)
+    blocks = pack_documents(docs, tokenizer, block)
+    n_all = blocks.shape[0]
+    if config.forgetting_max_tokens is not None:
+        n = max(1, min(n_all, config.forgetting_max_tokens // block))
+        if n < n_all:  # evenly spaced blocks: the whole corpus, sampled
+            index = torch.linspace(0, n_all - 1, n).round().long().unique()
+            blocks = blocks[index]
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    want = {
+        "model": model_name,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "corpus": corpus_sha,
+        "block_size": block,
+        "top_k": config.reference_top_k,
+        "n_blocks": int(blocks.shape[0]),
+        "dtype": dtype,
+    }
+    if config.reference:
+        path = Path(config.reference)
+    else:
+        key = hashlib.sha256(stable_json(want).encode()).hexdigest()[:16]
+        path = Path(config.store).parent / "references" / f"ref-{key}.safetensors"
+    if path.is_file():
+        ref = ReferenceCache.load(path)
+        ref.check_compatible(tokenizer, model)
+        fp = ref.fingerprint
+        have = {
+            "model": fp.get("model"),
+            "tokenizer": fp.get("tokenizer", {}).get("sha256"),
+            "corpus": fp.get("corpus", {}).get("sha256"),
+            "block_size": fp.get("block_size"),
+            "top_k": fp.get("top_k"),
+            "n_blocks": fp.get("n_blocks"),
+            "dtype": fp.get("dtype"),
+        }
+        if have == want:
+            log(f"reference: reusing {path} ({ref.n_blocks} blocks x {ref.block_size})")
+            return ref, path
+        if config.reference:
+            differ = ", ".join(k for k in want if have[k] != want[k])
+            log(
+                f"reference: {path} was built for another setting ({differ}); "
+                "using it as given: L_f is measured on its blocks"
+            )
+            return ref, path
+        log(f"reference: {path} is stale; rebuilding")
+    log(
+        f"reference: building on {config.forgetting_data} ({blocks.shape[0]} of {n_all} blocks "
+        f"x {block} tokens, top-{config.reference_top_k}) -> {path}"
+    )
+    ref = build_reference(
+        model,
+        tokenizer,
+        blocks,
+        top_k=config.reference_top_k,
+        batch_size=config.eval_batch_size,
+        model_name=model_name,
+        corpus_source=config.forgetting_data,
+        corpus_sha256=corpus_sha,
+        progress=config.progress,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ref.save(path)
+    return ref, path
+
+
+# ------------------------------------------------------------------------------------------
+# the run
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}") from None
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def checkpoint_dir(config: TrainConfig) -> Path:
+    if config.checkpoint_dir:
+        return Path(config.checkpoint_dir)
+    return Path(config.store + ".checkpoints") / config.run_id
+
+
+def train(
+    config: TrainConfig | str | os.PathLike[str] | dict[str, Any],
+    *,
+    overrides: dict[str, Any] | list[str] | None = None,
+    restart: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) one fine-tuning run and record its measurements in the store.
+
+    Args:
+        config: a :class:`TrainConfig`, a YAML file path, or a dict of config keys.
+        overrides: ``--key=value`` strings or a dict applied on top.
+        restart: forget this config's earlier measurements and checkpoint first.
+        log: where progress lines go (default: stderr when ``config.progress``).
+
+    Returns:
+        a :class:`TrainResult`; the measurements are in ``config.store``.
+
+    Example:
+        >>> from forgetscale.train import train
+        >>> result = train("configs/smollm2-lora.yaml", overrides={"rank": 16})
+        >>> result.status, result.measurements[-1]["forgetting_loss"]
+    """
+    from forgetscale.config import build_config
+
+    if isinstance(config, dict):
+        config = build_config(config, overrides=_as_dict(overrides))
+    elif not isinstance(config, TrainConfig):
+        config = load_config(config, overrides or [])
+    elif overrides:
+        config = build_config(config.to_dict(), overrides=_as_dict(overrides))
+    config.validate()
+    if log is None:
+        log = _stderr if config.progress else (lambda _msg: None)
+    return _Run(config, log).execute(restart=restart)
+
+
+def _as_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    from forgetscale.config import parse_overrides
+
+    if overrides is None:
+        return {}
+    return dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, log: Callable[[str], None]):
+        self.config = config
+        self.log = log
+        self.run_id = config.run_id
+
+    # -- setup ------------------------------------------------------------------------------
+    def execute(self, *, restart: bool) -> TrainResult:
+        from forgetscale.store import open_store
+
+        cfg = self.config
+        t_begin = time.perf_counter()
+        self.ck_dir = checkpoint_dir(cfg)
+        with open_store(cfg.store) as store:
+            existing = store.get_run(self.run_id)
+            if restart and existing is not None:
+                store.delete_run(self.run_id)
+                shutil.rmtree(self.ck_dir, ignore_errors=True)
+                existing = None
+            if existing is not None and existing.status in ("finished", "diverged"):
+                self.log(
+                    f"run {self.run_id} is already {existing.status} in {cfg.store} "
+                    "(same resolved config); nothing to do (use --restart to run it again)"
+                )
+                return TrainResult(
+                    self.run_id,
+                    existing.status,
+                    cfg.store,
+                    existing.last_step or 0,
+                    existing.params_trained,
+                    diverged_step=existing.diverged_step,
+                    message=existing.message,
+                )
+            self._setup()
+            store.start_run(
+                self.run_id,
+                cfg.to_dict(),
+                method=cfg.method,
+                rank=cfg.rank if cfg.method == "lora" else None,
+                params_trained=self.counts.trainable_non_embedding,
+                params_embedding=self.counts.trainable_embedding + self.counts.trainable_head,
+                params_total=self.counts.total,
+                name=cfg.name,
+            )
+            self.store = store
+            try:
+                result = self._loop()
+            except KeyboardInterrupt:
+                store.set_status(self.run_id, "failed", message="interrupted; run again to resume")
+                raise
+            except Exception as exc:
+                store.set_status(self.run_id, "failed", message=f"{type(exc).__name__}: {exc}")
+                raise
+        result.wall_s = time.perf_counter() - t_begin
+        return result
+
+    def _setup(self) -> None:
+        from forgetscale.models import count_parameters, load_model
+
+        cfg = self.config
+        self.device = _resolve_device(cfg.device)
+        _seed_everything(cfg.seed)
+        loaded = load_model(
+            cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=self.device
+        )
+        model, tokenizer = loaded.model, loaded.tokenizer
+        model_name = cfg.model
+        if cfg.adapter:
+            from forgetscale.models import apply_adapter
+
+            model = apply_adapter(model, cfg.adapter).merge_and_unload()
+            model_name = f"{cfg.model}+{cfg.adapter}"
+        self.tokenizer = tokenizer
+        self.data = load_task_data(
+            cfg.task_data,
+            tokenizer,
+            block_size=cfg.block_size,
+            fmt=cfg.task_format,
+            text_field=cfg.text_field,
+            response_only=cfg.response_only_loss,
+            heldout_source=cfg.heldout_data,
+            heldout_fraction=cfg.heldout_fraction,
+        )
+        self.heldout = self.data.heldout.limit_tokens(cfg.heldout_max_tokens)
+        self.reference, self.reference_path = _reference_for_run(
+            cfg, model, tokenizer, model_name, self.log
+        )
+        _seed_everything(cfg.seed)  # adapter init does not depend on what ran before
+        if cfg.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            model = apply_method(model, cfg)
+        model.to(self.device)
+        self.model = model
+        self.counts = count_parameters(model)
+        if self.counts.trainable == 0:
+            raise UserError("the method left no parameter to train")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        what = cfg.method
+        if cfg.method == "lora":
+            what += f" r={cfg.rank} alpha={cfg.alpha:g}{' rslora' if cfg.rslora else ''}"
+        if cfg.method in ("lora", "ia3"):
+            what += f" on {cfg.target_modules}"
+        self.log(
+            f"run {self.run_id}: {what}; {self.counts.describe()}; "
+            f"{len(self.data.train)} training and {len(self.heldout)} held-out "
+            f"{'blocks' if self.data.format == 'text' else 'examples'} of {cfg.block_size} tokens; "
+            f"L_f on {self.reference.positions:,} positions; "
+            f"measuring at steps {cfg.evaluation_steps()}"
+        )
+
+    # -- measurement --------------------------------------------------------------------------
+    def _measure(self, step: int, progress: dict[str, Any]) -> dict[str, Any]:
+        from forgetscale.metrics import evaluate_forgetting
+
+        cfg = self.config
+        l_ft = finetune_loss(self.model, self.heldout, batch_size=cfg.eval_batch_size)
+        if not math.isfinite(l_ft):
+            raise DivergedError(f"held-out loss is {l_ft}")
+        try:
+            forgetting = evaluate_forgetting(
+                self.model, self.reference, batch_size=cfg.eval_batch_size, report_blocks=0
+            )
+        except FloatingPointError as exc:
+            raise DivergedError(str(exc)) from None
+        n = progress["train_loss_count"]
+        return {
+            "step": step,
+            "finetune_loss": l_ft,
+            "forgetting_loss": forgetting.forgetting_loss,
+            "forgetting_loss_soft": forgetting.forgetting_loss_soft,
+            "kl": forgetting.kl,
+            "base_entropy": forgetting.base_entropy,
+            "agreement": forgetting.agreement,
+            "train_loss": progress["train_loss_sum"] / n if n else None,
+            "tokens_seen": progress["tokens_seen"],
+            "wall_s": progress["wall_s"],
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        store = self.store
+        eval_steps = set(cfg.evaluation_steps())
+        ck_steps = (
+            set(range(cfg.checkpoint_every, cfg.max_steps, cfg.checkpoint_every))
+            if cfg.checkpoint_every
+            else {s for s in eval_steps if 0 < s < cfg.max_steps}
+        )
+        measured = store.measured_steps(self.run_id)
+        progress = {"train_loss_sum": 0.0, "train_loss_count": 0, "tokens_seen": 0, "wall_s": 0.0}
+        start = 0
+        resumed_from = None
+        ck = latest_checkpoint(self.ck_dir)
+        if ck is not None:
+            state = load_checkpoint(ck, self.model, self.optimizer, self.scheduler)
+            start = int(state["step"])
+            progress = state["progress"]
+            resumed_from = start
+            self.log(f"run {self.run_id}: resuming from the checkpoint at step {start}")
+        elif measured:
+            self.log(
+                f"run {self.run_id}: earlier measurements but no checkpoint; "
+                "starting from step 0 (measured steps are not written twice)"
+            )
+        result = TrainResult(
+            self.run_id,
+            "running",
+            cfg.store,
+            start,
+            self.counts.trainable_non_embedding,
+            reference=str(self.reference_path),
+            resumed_from=resumed_from,
+        )
+        micro = cfg.batch_size // cfg.grad_accumulation
+        train = self.data.train
+        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
+        wall_base = progress["wall_s"] - time.perf_counter()
+        latest_lf = None
+
+        def measure(step: int) -> None:
+            nonlocal latest_lf
+            t0 = time.perf_counter()
+            progress["wall_s"] = wall_base + t0
+            row = self._measure(step, progress)
+            store.add_measurement(self.run_id, step, {k: v for k, v in row.items() if k != "step"})
+            result.measurements.append(row)
+            latest_lf = row["forgetting_loss"]
+            progress["train_loss_sum"], progress["train_loss_count"] = 0.0, 0
+            result.eval_s += time.perf_counter() - t0
+
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=start,
+            desc=f"train {self.run_id[:8]}",
+            unit="step",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        )
+        at = start
+        try:
+            if start == 0 and 0 in eval_steps and 0 not in measured:
+                measure(0)
+                bar.set_postfix(
+                    L_ft=f"{result.measurements[-1]['finetune_loss']:.3f}", L_f=f"{latest_lf:.3f}"
+                )
+            model.train()
+            for step in range(start, cfg.max_steps):
+                at = step + 1  # the update being made (for a divergence report)
+                t_step = time.perf_counter()
+                index = batch_indices(step, len(train), cfg.batch_size, cfg.seed)
+                loss_sum = 0.0
+                for m in range(cfg.grad_accumulation):
+                    part = train.select(index[m * micro : (m + 1) * micro])
+                    ids = part.input_ids.to(self.device, non_blocking=True)
+                    labels = part.labels.to(self.device, non_blocking=True)
+                    mask = (
+                        None
+                        if part.attention_mask is None
+                        else part.attention_mask.to(self.device, non_blocking=True)
+                    )
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise DivergedError(f"training loss is {value}")
+                    (loss / cfg.grad_accumulation).backward()
+                    loss_sum += value
+                    progress["tokens_seen"] += int(ids.numel()) if mask is None else int(mask.sum())
+                if cfg.max_grad_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    if not torch.isfinite(norm):
+                        raise DivergedError(f"gradient norm is {float(norm)}")
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                train_loss = loss_sum / cfg.grad_accumulation
+                progress["train_loss_sum"] += train_loss
+                progress["train_loss_count"] += 1
+                done = step + 1
+                result.steps = done
+                result.step_s += time.perf_counter() - t_step
+                if done in eval_steps:
+                    if done in measured:  # measured before a crash: not written twice
+                        progress["train_loss_sum"], progress["train_loss_count"] = 0.0, 0
+                    else:
+                        at = done
+                        measure(done)
+                if done in ck_steps:
+                    t0 = time.perf_counter()
+                    progress["wall_s"] = wall_base + t0
+                    save_checkpoint(self.ck_dir, done, model, optimizer, scheduler, progress)
+                    result.checkpoint_s += time.perf_counter() - t0
+                bar.update(1)
+                postfix = {"loss": f"{train_loss:.3f}"}
+                if latest_lf is not None:
+                    postfix["L_f"] = f"{latest_lf:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+        except DivergedError as exc:
+            step_at = at
+            bar.close()
+            if not cfg.keep_checkpoint:
+                _remove_checkpoints(self.ck_dir)
+            store.set_status(self.run_id, "diverged", message=str(exc), diverged_step=step_at)
+            self.log(
+                f"run {self.run_id}: DIVERGED at step {step_at} ({exc}); "
+                f"{len(store.measured_steps(self.run_id))} earlier measurements kept"
+            )
+            result.status, result.diverged_step, result.message = "diverged", step_at, str(exc)
+            return result
+        finally:
+            bar.close()
+        store.set_status(self.run_id, "finished", last_step=cfg.max_steps)
+        result.status = "finished"
+        if cfg.output_dir:
+            out = Path(cfg.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+            self.log(
+                f"run {self.run_id}: saved the trained {'adapter' if cfg.method in ('lora', 'ia3') else 'model'} to {out}"
+            )
+        if not cfg.keep_checkpoint:
+            _remove_checkpoints(self.ck_dir)
+        return result
+
+
+def _remove_checkpoints(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    try:  # the default parent <store>.checkpoints/ goes too once it is empty
+        directory.parent.rmdir()
+    except OSError:
+        pass
