@@ -1,0 +1,144 @@
+"""Fitting: parameter recovery, the paper's joint law, bootstrap coverage, holdout, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forgetscale.errors import UserError
+from forgetscale.laws import fit_law, load_fit, predict
+from forgetscale.laws.fitting import compare_laws
+from forgetscale.laws.synthetic import synthetic_runs
+
+P8 = [1e6 * 2**k for k in range(8)]
+STEPS30 = np.unique(np.geomspace(10, 2000, 30).astype(int))
+TRUE = {
+    "additive": {
+        "forgetting_loss": {"E": 3.0, "A": 60.0, "alpha": 0.3, "B": 3.0, "beta": 0.5},
+        "finetune_loss": {"E": 1.0, "A": 60.0, "alpha": 0.3, "B": 3.0, "beta": 0.5},
+    },
+    "multiplicative": {
+        "forgetting_loss": {"E": 3.0, "A": 300.0, "alpha": 0.3, "beta": 0.4},
+        "finetune_loss": {"E": 1.0, "A": 300.0, "alpha": 0.3, "beta": 0.4},
+    },
+}
+
+
+@pytest.mark.parametrize("law", ["additive", "multiplicative"])
+@pytest.mark.parametrize("target", ["forgetting_loss", "finetune_loss"])
+def test_parameter_recovery_with_one_percent_noise(law, target):
+    true = TRUE[law][target]
+    df = synthetic_runs(
+        law,
+        true,
+        targets=[target],
+        params_trained=P8,
+        steps=STEPS30,
+        noise=0.01,
+        seed=1,
+        runs_per_p=2,
+    )
+    fit = fit_law(df, law, target)
+    assert fit.converged, fit.message
+    assert not fit.on_bound
+    for exponent in ("alpha", "beta"):
+        assert fit.params[exponent] == pytest.approx(true[exponent], rel=0.05), exponent
+    assert fit.params["E"] == pytest.approx(true["E"], rel=0.05)
+    assert fit.r2[target] > 0.95
+
+
+def test_kalajdzievski_fit_to_openorca_preset_data():
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.002, seed=0, include_base=True)
+    fit = fit_law(df, "kalajdzievski")  # joint: both targets
+    assert fit.targets == ("finetune_loss", "forgetting_loss")
+    assert fit.r2["finetune_loss"] >= 0.99
+    assert fit.r2["forgetting_loss"] >= 0.99
+    assert fit.n_points == len(df[df.step > 0])  # step 0 (the base) is never fitted
+    # the fitted law reproduces the preset's predictions where it was fitted
+    truth = predict("kalajdzievski:openorca", params_trained=5e7, step=150)
+    mine = predict(fit, params_trained=5e7, step=150)
+    for t in fit.targets:
+        assert mine[t]["value"][0] == pytest.approx(truth[t]["value"][0], rel=0.01)
+
+
+def test_bootstrap_covers_the_true_exponent():
+    P = [1e6 * 2**k for k in range(6)]
+    steps = np.unique(np.geomspace(10, 1000, 12).astype(int))
+    true = {"E": 1.0, "A": 300.0, "alpha": 0.3, "beta": 0.4}
+    covered, widths = 0, []
+    for draw in range(10):
+        df = synthetic_runs(
+            "multiplicative",
+            true,
+            targets=["finetune_loss"],
+            params_trained=P,
+            steps=steps,
+            noise=0.01,
+            seed=100 + draw,
+            runs_per_p=2,
+        )
+        fit = fit_law(df, "multiplicative", "finetune_loss", n_boot=40, seed=draw, workers=1)
+        lo, hi = fit.ci["alpha"]
+        covered += lo <= true["alpha"] <= hi
+        widths.append(hi - lo)
+    assert covered >= 7
+    assert np.median(widths) < 0.1  # and the intervals are informative, not trivially wide
+
+
+def test_bootstrap_is_reproducible_and_parallel_equals_serial():
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=3, runs_per_p=2)
+    a = fit_law(df, "multiplicative", n_boot=6, seed=5, workers=1)
+    b = fit_law(df, "multiplicative", n_boot=6, seed=5, workers=2)
+    np.testing.assert_allclose(a.bootstrap, b.bootstrap, rtol=1e-10)
+    assert set(a.ci) == set(a.params)
+
+
+def test_min_step_and_holdout():
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0, include_base=True)
+    lin_all = fit_law(df, "linear", min_step=0)  # linear may use the base row
+    lin = fit_law(df, "linear", min_step=50)
+    assert lin_all.n_points == len(df)
+    assert lin.n_points == int((df.step >= 50).sum())
+    fit = fit_law(df, "additive", min_step=50, holdout="largest-P")
+    n_largest = int(((df.params_trained == df.params_trained.max()) & (df.step >= 50)).sum())
+    assert fit.holdout["n_points"] == n_largest
+    assert fit.n_points == int((df.step >= 50).sum()) - n_largest
+    fit_n = fit_law(df, "multiplicative", holdout="largest-N")
+    assert fit_n.holdout["n_points"] > 0
+    fit_runs = fit_law(df, "multiplicative", holdout=["p0", "p1"])
+    assert fit_runs.holdout["n_points"] == int(
+        ((df.run_id.isin(["p0", "p1"])) & (df.step > 0)).sum()
+    )
+    with pytest.raises(UserError, match="unknown run id"):
+        fit_law(df, "multiplicative", holdout=["nope"])
+
+
+def test_save_and_load_roundtrip_exactly(tmp_path):
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0)
+    fit = fit_law(df, "additive", n_boot=5, holdout="largest-P")
+    path = tmp_path / "fit.json"
+    fit.save(path)
+    back = load_fit(path)
+    assert back.params == fit.params  # full precision
+    np.testing.assert_array_equal(back.bootstrap, fit.bootstrap)
+    assert back.to_json() == fit.to_json()
+    a = predict(fit, params_trained=[3e7, 1e9], step=[100, 400])["forgetting_loss"]
+    b = predict(str(path), params_trained=[3e7, 1e9], step=[100, 400])["forgetting_loss"]
+    np.testing.assert_array_equal(a["value"], b["value"])
+    assert np.all(a["lo"] <= a["value"]) and np.all(a["value"] <= a["hi"])
+
+
+def test_compare_ranks_by_heldout_error():
+    true = TRUE["multiplicative"]["forgetting_loss"]
+    df = synthetic_runs(
+        "multiplicative",
+        true,
+        targets=["forgetting_loss"],
+        params_trained=P8,
+        steps=STEPS30,
+        noise=0.005,
+    )
+    rows = compare_laws(df, ["additive", "multiplicative", "kalajdzievski"], "forgetting_loss")
+    assert rows[0]["law"] == "multiplicative"  # the true law extrapolates best
+    errors = [r["holdout_rmse"] for r in rows if r["holdout_rmse"] is not None]
+    assert errors == sorted(errors)
