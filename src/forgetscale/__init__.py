@@ -27,17 +27,23 @@ _EXPORTS: dict[str, str] = {
     "ForgettingResult": "forgetscale.metrics",
     "evaluate_forgetting": "forgetscale.metrics",
     "measure": "forgetscale.measurement",
+    "TrainConfig": "forgetscale.config",
+    "ForgettingCallback": "forgetscale.callback",
+    "read_measurements": "forgetscale.store",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from forgetscale.callback import ForgettingCallback
+    from forgetscale.config import TrainConfig
     from forgetscale.data import load_documents, pack_documents
     from forgetscale.errors import UserError
     from forgetscale.measurement import measure
     from forgetscale.metrics import ForgettingResult, evaluate_forgetting
     from forgetscale.models import count_parameters, load_model
     from forgetscale.reference import ReferenceCache, build_reference
+    from forgetscale.store import read_measurements
 
 
 def __getattr__(name: str) -> Any:
