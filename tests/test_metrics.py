@@ -128,3 +128,25 @@ def test_nan_logits_are_not_passed_silently(base_and_tuned):
         broken.model.norm.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError):
         evaluate_forgetting(broken, reference)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_ties_take_the_lowest_token_id(top_k):
+    from forgetscale.reference import base_statistics
+
+    logits = torch.tensor([[[0.0, 2.0, 1.0, 2.0, 2.0], [5.0, 1.0, 5.0, 0.0, 0.0]]])
+    stats = base_statistics(logits, top_k)
+    assert stats["target_ids"].tolist() == [[1, 0]]
+
+
+def test_small_tails_keep_relative_precision():
+    """A tail of 1e-9 must not be lost to 1 - sum(top-K) rounding."""
+    from forgetscale.reference import base_statistics
+
+    logits = torch.full((1, 1, 1000), -40.0)
+    logits[0, 0, :3] = torch.tensor([0.0, -1.0, -2.0])
+    stats = base_statistics(logits, 3)
+    exact = torch.logsumexp(logits[0, 0, 3:].double(), 0) - torch.logsumexp(
+        logits[0, 0].double(), 0
+    )
+    assert float(stats["tail_mass"][0, 0]) == pytest.approx(float(exact.exp()), rel=1e-4)

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from forgetscale.errors import UserError
-from forgetscale.reference import ReferenceCache
+from forgetscale.reference import ReferenceCache, log_tail_mass
 
 
 @dataclass
@@ -120,7 +120,7 @@ def forgetting_terms(logits: torch.Tensor, ref: dict[str, torch.Tensor]) -> dict
     p_tail = ref["tail_mass"]
     has_tail = p_tail > 0
     if bool(has_tail.any()):
-        log_q_tail = logits.scatter(-1, topk_ids, -math.inf).logsumexp(dim=-1) - lse
+        log_q_tail = log_tail_mass(logits, lse, topk_ids, logq_topk)
         log_p_tail = torch.where(has_tail, p_tail, torch.ones_like(p_tail)).log()
         zero = torch.zeros_like(p_tail)
         tail_soft = torch.where(has_tail, -p_tail * log_q_tail, zero)
