@@ -49,7 +49,7 @@ def _refit(law_name: str, targets, X, Y, idx, z0, delta) -> np.ndarray:
         jac=True,
         method="L-BFGS-B",
         bounds=obj.bounds,
-        options={"maxiter": 2000, "ftol": 1e-10, "gtol": 1e-8},
+        options={"maxiter": 1000, "ftol": 1e-9, "gtol": 1e-8},
     )
     return obj.from_z(res.x) if np.isfinite(res.fun) else np.full_like(z0, np.nan)
 

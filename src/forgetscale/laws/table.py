@@ -120,7 +120,7 @@ def check_table(df: pd.DataFrame, law: Law, targets: Sequence[str]) -> FitData:
         if c in cols and (cols[c] <= 0).any():
             i = int(np.argmax(cols[c] <= 0))
             raise UserError(
-                f"column {c} has non-positive values (e.g. {cols[c][i]!r} in run "
+                f"column {c} has non-positive values (e.g. {float(cols[c][i]):g} in run "
                 f"{df['run_id'].iloc[i]!r}); losses must be > 0"
             )
     if "params_trained" in cols and (cols["params_trained"] <= 0).any():
