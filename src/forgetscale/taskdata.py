@@ -167,7 +167,7 @@ def _plain_render(messages: list[dict[str, str]], add_generation_prompt: bool, e
     text = ""
     for m in messages:
         text += f"{m['role']}: {m['content']}"
-        text += eos + "\n" if m["role"] == "assistant" else "\n"
+        text += eos if m["role"] == "assistant" else "\n"
     if add_generation_prompt:
         text += "assistant: "
     return text

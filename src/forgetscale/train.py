@@ -628,7 +628,8 @@ def train(
         config: a :class:`TrainConfig`, a YAML file path, or a dict of config keys.
         overrides: ``--key=value`` strings or a dict applied on top.
         restart: forget this config's earlier measurements and checkpoint first.
-        log: where progress lines go (default: stderr when ``config.progress``).
+        log: where the few status lines go (default: stderr; ``config.progress`` only
+            switches the progress bars).
 
     Returns:
         a :class:`TrainResult`; the measurements are in ``config.store``.
@@ -648,7 +649,7 @@ def train(
         config = build_config(config.to_dict(), overrides=_as_dict(overrides))
     config.validate()
     if log is None:
-        log = _stderr if config.progress else (lambda _msg: None)
+        log = _stderr
     return _Run(config, log).execute(restart=restart)
 
 
@@ -744,15 +745,19 @@ class _Run:
             heldout_fraction=cfg.heldout_fraction,
         )
         self.heldout = self.data.heldout.limit_tokens(cfg.heldout_max_tokens)
+        if cfg.method in ("lora", "ia3"):
+            resolve_targets(model, cfg)  # bad module names fail before any compute
         self.reference, self.reference_path = _reference_for_run(
             cfg, model, tokenizer, model_name, self.log
         )
         _seed_everything(cfg.seed)  # adapter init does not depend on what ran before
         if cfg.gradient_checkpointing:
             model.config.use_cache = False
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
             warnings.simplefilter("ignore", FutureWarning)
             model = apply_method(model, cfg)
