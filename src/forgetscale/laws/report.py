@@ -51,7 +51,7 @@ def format_fit(fit: FitResult, holdout_desc: str | None = None) -> str:
     head = f"{'target':<16} {'R^2':>8} {'RMSE':>9}"
     if fit.holdout is not None:
         head += f" {'held-out R^2':>13} {'held-out RMSE':>14}"
-    lines.append(head)
+    lines.append(head.rstrip())
     for t in fit.targets:
         row = f"{t:<16} {fit.r2[t]:>8.4f} {fit.rmse[t]:>9.5f}"
         if fit.holdout is not None:
@@ -100,7 +100,7 @@ def format_prediction(rows: Sequence[dict[str, Any]], header: str) -> str:
     lines = [header, ""]
     head = " ".join(f"{names[k]:>12}" for k in keys)
     head += "".join(f"  {_SHORT[t] + ' (' + t + ')':<34}" for t in targets)
-    lines.append(head)
+    lines.append(head.rstrip())
     for r in rows:
         line = " ".join(f"{_g(r[k], 6):>12}" for k in keys)
         for t in targets:
