@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "forgetscale.config",
     "ForgettingCallback": "forgetscale.callback",
     "read_measurements": "forgetscale.store",
+    "fit_law": "forgetscale.laws",
+    "get_law": "forgetscale.laws",
+    "load_fit": "forgetscale.laws",
+    "predict": "forgetscale.laws",
 }
 
 __all__ = ["__version__", *_EXPORTS]
