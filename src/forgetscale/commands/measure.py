@@ -85,9 +85,12 @@ def run(args: argparse.Namespace) -> int:
     for label, value, note in rows:
         print(f"  {label:<28} {value:>9.4f}   {note}")
     print(f"  {'tokens':<28} {result.tokens:>9,}")
-    if result.most_forgotten:
+    forgotten = [b for b in result.most_forgotten if b.kl > 1e-6]
+    if result.most_forgotten and not forgotten:
+        print("\nno block differs from the base (KL below 1e-6 on every block)")
+    if forgotten:
         print("\nmost forgotten blocks (largest KL):")
-        for block in result.most_forgotten:
+        for block in forgotten:
             print(
                 f"  block {block.block}: KL {block.kl:.4f}, L_f {block.forgetting_loss:.4f}, "
                 f"agreement {block.agreement:.3f}"
