@@ -34,6 +34,7 @@ def measure(
     max_blocks: int | None = None,
     report_blocks: int = 5,
     trust_remote_code: bool = False,
+    device: str = "auto",
     progress: bool = True,
 ) -> ForgettingResult:
     """Measure how much ``model`` has forgotten of the base behind ``reference``.
@@ -49,6 +50,7 @@ def measure(
         max_blocks: evaluate only the first ``max_blocks`` blocks.
         report_blocks: number of most-forgotten blocks to return.
         trust_remote_code: allow hub model code (off unless asked).
+        device: where to run a model loaded from a spec (``auto``: CUDA if present).
         progress: show a progress bar.
 
     Example:
@@ -62,7 +64,11 @@ def measure(
         reference = ReferenceCache.load(reference)
     if isinstance(model, str):
         loaded = load_model(
-            model, adapter=adapter, dtype=dtype, trust_remote_code=trust_remote_code
+            model,
+            adapter=adapter,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device=device,
         )
         model, tokenizer = loaded.model, loaded.tokenizer
     if tokenizer is not None:

@@ -183,7 +183,7 @@ def load_model(
     adapter: str | None = None,
     dtype: str = "float32",
     trust_remote_code: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, optionally with a PEFT adapter on top.
 
@@ -192,7 +192,7 @@ def load_model(
         adapter: a PEFT adapter folder (``adapter_config.json`` + weights) to apply.
         dtype: ``float32`` (default; what references are usually built in) or ``bfloat16``.
         trust_remote_code: allow model code from the hub; off unless asked for.
-        device: where to put the model.
+        device: ``auto`` (CUDA, then MPS, then CPU), or ``cpu``, ``cuda``, ``cuda:1``, ``mps``...
     """
     from transformers import AutoModelForCausalLM
 
@@ -208,9 +208,28 @@ def load_model(
         raise UserError(f"could not load model {spec}: {_first_line(exc)}") from exc
     if adapter is not None:
         model = apply_adapter(model, adapter)
-    model.to(device)
+    model.to(resolve_device(device))
     model.eval()
     return LoadedModel(model, tokenizer, spec, source, dtype, adapter)
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; anything else is checked and returned."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} asked for, but torch sees no CUDA GPU")
+    return device
 
 
 def apply_adapter(model: nn.Module, adapter: str) -> nn.Module:

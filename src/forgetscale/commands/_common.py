@@ -23,6 +23,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, adapter: bool = Fals
         "CPUs with AMX but moves the base's own top-1 token on a few percent of positions)",
     )
     group.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: %(default)s)",
+    )
+    group.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow model code from the hub (off unless you ask)",

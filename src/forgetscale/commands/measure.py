@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             max_blocks=args.max_blocks,
             report_blocks=args.show,
             trust_remote_code=args.trust_remote_code,
+            device=args.device,
             progress=not args.no_progress and not args.json,
         )
     import sys

@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_blocks is not None and args.max_blocks < 1:
         raise UserError(f"--max-blocks must be at least 1, got {args.max_blocks}")
     corpus = load_corpus(args.data, text_field=args.text_field, split=args.split)
-    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(
+        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, device=args.device
+    )
     context = max_context(loaded.model)
     if context is not None and args.block_size > context:
         raise UserError(
