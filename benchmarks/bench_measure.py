@@ -16,6 +16,7 @@ load time of the model from its converted cache.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -33,9 +34,26 @@ def best_tokens_per_s(fn, tokens: int, repeats: int) -> list[float]:
 
 
 def _timed(fn) -> float:
+    _sync()
     start = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - start
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -48,18 +66,22 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     args = parser.parse_args()
 
-    load_model(args.model)  # make sure the converted cache exists before timing the load
+    load_model(args.model, device="cpu")  # make sure the converted cache exists first
     start = time.perf_counter()
-    loaded = load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     load_s = time.perf_counter() - start
     model, tokenizer = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
     blocks = pack_documents(load_documents(args.data), tokenizer, args.block_size)[: args.blocks]
     tokens = blocks.shape[0] * (args.block_size - 1)
-    batches = list(blocks.split(args.batch_size))
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; model {args.model} ({args.dtype}) loaded in {load_s:.2f} s")  # fmt: skip
+    batches = [b.to(device) for b in blocks.split(args.batch_size)]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(f"machine: {platform.machine()} {where or ''}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}; model {args.model} ({args.dtype}, {device}) "
+          f"loaded in {load_s:.2f} s")  # fmt: skip
     print(
         f"{blocks.shape[0]} blocks x {args.block_size} tokens, batch {args.batch_size}, top-{args.top_k}"
     )
@@ -73,7 +95,7 @@ def main() -> None:
         start = 0
         for batch in batches:
             logits = model(input_ids=batch).logits[:, :-1].float()
-            target = reference.target_ids[start : start + batch.shape[0]].long()
+            target = reference.target_ids[start : start + batch.shape[0]].to(device).long()
             total += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
             start += batch.shape[0]
         return total / tokens
