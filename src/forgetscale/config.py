@@ -128,7 +128,7 @@ class TrainConfig:
         None, "Block size of the forgetting corpus (None = block_size)."
     )
     forgetting_max_tokens: int | None = _f(
-        8192,
+        4096,
         "Token budget of the forgetting evaluation: at most this many tokens of the forgetting "
         "corpus (None = all).",
     )

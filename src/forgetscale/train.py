@@ -72,7 +72,8 @@ class TrainResult:
     checkpoint_s: float = 0.0
     """Of which writing checkpoints took this much."""
     step_s: float = 0.0
-    """Of which the update steps took this much (forward, backward, optimizer, bookkeeping)."""
+    """Of which the step loop took this much, evaluation and checkpoints excluded (forward,
+    backward, optimizer, data selection, divergence checks, progress bar)."""
 
     def summary(self) -> str:
         if self.status == "finished" and not self.measurements:
@@ -810,6 +811,35 @@ class _Run:
             "wall_s": progress["wall_s"],
         }
 
+    # -- batches ---------------------------------------------------------------------------------
+    def _stage(self, train: Examples) -> None:
+        """Put the training examples on the device once when they fit (< 1 GiB)."""
+        self.row_tokens = None if train.attention_mask is None else train.attention_mask.sum(1)
+        tensors = [train.input_ids, train.labels] + (
+            [] if train.attention_mask is None else [train.attention_mask]
+        )
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        self.staged = None
+        if self.device.type != "cpu" and size < 2**30:
+            self.staged = Examples(
+                train.input_ids.to(self.device),
+                train.labels.to(self.device),
+                None if train.attention_mask is None else train.attention_mask.to(self.device),
+            )
+        self.train_examples = train
+
+    def _batch(self, index: torch.Tensor):
+        if self.staged is not None:
+            part = self.staged.select(index.to(self.device))
+            return part.input_ids, part.labels, part.attention_mask
+        part = self.train_examples.select(index)
+        mask = part.attention_mask
+        return (
+            part.input_ids.to(self.device),
+            part.labels.to(self.device),
+            None if mask is None else mask.to(self.device),
+        )
+
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -849,6 +879,7 @@ class _Run:
         )
         micro = cfg.batch_size // cfg.grad_accumulation
         train = self.data.train
+        self._stage(train)
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
         wall_base = progress["wall_s"] - time.perf_counter()
         latest_lf = None
@@ -880,40 +911,44 @@ class _Run:
                     L_ft=f"{result.measurements[-1]['finetune_loss']:.3f}", L_f=f"{latest_lf:.3f}"
                 )
             model.train()
+            t_loop, eval_before, ck_before = time.perf_counter(), result.eval_s, result.checkpoint_s
             for step in range(start, cfg.max_steps):
                 at = step + 1  # the update being made (for a divergence report)
-                t_step = time.perf_counter()
                 index = batch_indices(step, len(train), cfg.batch_size, cfg.seed)
-                loss_sum = 0.0
+                losses = []
                 for m in range(cfg.grad_accumulation):
-                    part = train.select(index[m * micro : (m + 1) * micro])
-                    ids = part.input_ids.to(self.device, non_blocking=True)
-                    labels = part.labels.to(self.device, non_blocking=True)
-                    mask = (
-                        None
-                        if part.attention_mask is None
-                        else part.attention_mask.to(self.device, non_blocking=True)
-                    )
+                    sub = index[m * micro : (m + 1) * micro]
+                    ids, labels, mask = self._batch(sub)
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise DivergedError(f"training loss is {value}")
                     (loss / cfg.grad_accumulation).backward()
-                    loss_sum += value
-                    progress["tokens_seen"] += int(ids.numel()) if mask is None else int(mask.sum())
+                    losses.append(loss.detach().float())
+                    progress["tokens_seen"] += (
+                        len(sub) * cfg.block_size
+                        if self.row_tokens is None
+                        else int(self.row_tokens[sub].sum())
+                    )
                 if cfg.max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    if not torch.isfinite(norm):
-                        raise DivergedError(f"gradient norm is {float(norm)}")
+                    losses.append(norm.float())
+                # one host sync per update (as a plain loop's loss.item()): losses + grad norm
+                values = torch.stack(losses).tolist()
+                if not all(math.isfinite(v) for v in values):
+                    what = (
+                        "training loss"
+                        if not all(math.isfinite(v) for v in values[: cfg.grad_accumulation])
+                        else "gradient norm"
+                    )
+                    bad = next(v for v in values if not math.isfinite(v))
+                    raise DivergedError(f"{what} is {bad}")
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                loss_sum = sum(values[: cfg.grad_accumulation])
                 train_loss = loss_sum / cfg.grad_accumulation
                 progress["train_loss_sum"] += train_loss
                 progress["train_loss_count"] += 1
                 done = step + 1
                 result.steps = done
-                result.step_s += time.perf_counter() - t_step
                 if done in eval_steps:
                     if done in measured:  # measured before a crash: not written twice
                         progress["train_loss_sum"], progress["train_loss_count"] = 0.0, 0
@@ -930,6 +965,12 @@ class _Run:
                 if latest_lf is not None:
                     postfix["L_f"] = f"{latest_lf:.3f}"
                 bar.set_postfix(postfix, refresh=False)
+            result.step_s = (
+                time.perf_counter()
+                - t_loop
+                - (result.eval_s - eval_before)
+                - (result.checkpoint_s - ck_before)
+            )
         except DivergedError as exc:
             step_at = at
             bar.close()
