@@ -27,9 +27,10 @@ def straightforward_metrics(base_model, tuned_model, blocks) -> dict[str, float]
     """Position by position, in float64, with full softmaxes: the definitions as written."""
     sums = dict(hard=0.0, soft=0.0, kl=0.0, entropy=0.0, agree=0.0)
     n = 0
+    device = next(base_model.parameters()).device  # the CPU here; CUDA when a GPU is present
     with torch.no_grad():
-        p_all = torch.softmax(base_model(input_ids=blocks).logits.double(), -1)
-        q_all = torch.softmax(tuned_model(input_ids=blocks).logits.double(), -1)
+        p_all = torch.softmax(base_model(input_ids=blocks.to(device)).logits.double(), -1).cpu()
+        q_all = torch.softmax(tuned_model(input_ids=blocks.to(device)).logits.double(), -1).cpu()
     for b in range(blocks.shape[0]):
         for t in range(blocks.shape[1] - 1):
             p, q = p_all[b, t], q_all[b, t]
