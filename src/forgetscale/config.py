@@ -46,7 +46,6 @@ NON_RESULT_FIELDS = frozenset(
         "output_dir",
         "progress",
         "name",
-        "reference",
         "device",
     }
 )
