@@ -584,3 +584,17 @@ def test_forgetting_callback_in_trl_sft_trainer(workdir, tiny_model_dir, tmp_pat
     logged = [e for e in trainer.state.log_history if "forgetting_loss" in e]
     assert [e["step"] for e in logged] == [0, 3]
     assert logged[0]["forgetting_agreement"] == 1.0 and logged[1]["forgetting_kl"] > 0
+
+
+def test_a_run_cannot_be_trained_twice_at_once(workdir):
+    from forgetscale.train import _RunLock, checkpoint_dir
+
+    cfg = _config(workdir, max_steps=1, eval_steps=[0, 1])
+    lock = _RunLock(Path(str(checkpoint_dir(cfg)) + ".lock"), cfg.run_id)
+    try:
+        with pytest.raises(UserError, match="being trained by another process"):
+            train(cfg)
+    finally:
+        lock.release()
+    assert train(cfg).status == "finished"
+    assert not (workdir / "results.db.checkpoints").exists()

@@ -676,47 +676,57 @@ class _Run:
         t_begin = time.perf_counter()
         self.ck_dir = checkpoint_dir(cfg)
         with open_store(cfg.store) as store:
-            existing = store.get_run(self.run_id)
-            if restart and existing is not None:
-                store.delete_run(self.run_id)
-                shutil.rmtree(self.ck_dir, ignore_errors=True)
-                existing = None
-            if existing is not None and existing.status in ("finished", "diverged"):
-                self.log(
-                    f"run {self.run_id} is already {existing.status} in {cfg.store} "
-                    "(same resolved config); nothing to do (use --restart to run it again)"
-                )
-                return TrainResult(
-                    self.run_id,
-                    existing.status,
-                    cfg.store,
-                    existing.last_step or 0,
-                    existing.params_trained,
-                    diverged_step=existing.diverged_step,
-                    message=existing.message,
-                )
-            self._setup()
-            store.start_run(
-                self.run_id,
-                cfg.to_dict(),
-                method=cfg.method,
-                rank=cfg.rank if cfg.method == "lora" else None,
-                params_trained=self.counts.trainable_non_embedding,
-                params_embedding=self.counts.trainable_embedding + self.counts.trainable_head,
-                params_total=self.counts.total,
-                name=cfg.name,
-            )
-            self.store = store
+            lock = _RunLock(Path(str(self.ck_dir) + ".lock"), self.run_id)
             try:
-                result = self._loop()
-            except KeyboardInterrupt:
-                store.set_status(self.run_id, "failed", message="interrupted; run again to resume")
-                raise
-            except Exception as exc:
-                store.set_status(self.run_id, "failed", message=f"{type(exc).__name__}: {exc}")
-                raise
+                result = self._execute_locked(store, restart)
+            finally:
+                lock.release()
+            if result.status != "running" and not cfg.keep_checkpoint:
+                _remove_checkpoints(self.ck_dir)
         result.wall_s = time.perf_counter() - t_begin
         return result
+
+    def _execute_locked(self, store: Any, restart: bool) -> TrainResult:
+        cfg = self.config
+        existing = store.get_run(self.run_id)
+        if restart and existing is not None:
+            store.delete_run(self.run_id)
+            shutil.rmtree(self.ck_dir, ignore_errors=True)
+            existing = None
+        if existing is not None and existing.status in ("finished", "diverged"):
+            self.log(
+                f"run {self.run_id} is already {existing.status} in {cfg.store} "
+                "(same resolved config); nothing to do (use --restart to run it again)"
+            )
+            return TrainResult(
+                self.run_id,
+                existing.status,
+                cfg.store,
+                existing.last_step or 0,
+                existing.params_trained,
+                diverged_step=existing.diverged_step,
+                message=existing.message,
+            )
+        self._setup()
+        store.start_run(
+            self.run_id,
+            cfg.to_dict(),
+            method=cfg.method,
+            rank=cfg.rank if cfg.method == "lora" else None,
+            params_trained=self.counts.trainable_non_embedding,
+            params_embedding=self.counts.trainable_embedding + self.counts.trainable_head,
+            params_total=self.counts.total,
+            name=cfg.name,
+        )
+        self.store = store
+        try:
+            return self._loop()
+        except KeyboardInterrupt:
+            store.set_status(self.run_id, "failed", message="interrupted; run again to resume")
+            raise
+        except Exception as exc:
+            store.set_status(self.run_id, "failed", message=f"{type(exc).__name__}: {exc}")
+            raise
 
     def _setup(self) -> None:
         from forgetscale.models import count_parameters, load_model
@@ -974,8 +984,6 @@ class _Run:
         except DivergedError as exc:
             step_at = at
             bar.close()
-            if not cfg.keep_checkpoint:
-                _remove_checkpoints(self.ck_dir)
             store.set_status(self.run_id, "diverged", message=str(exc), diverged_step=step_at)
             self.log(
                 f"run {self.run_id}: DIVERGED at step {step_at} ({exc}); "
@@ -995,9 +1003,39 @@ class _Run:
             self.log(
                 f"run {self.run_id}: saved the trained {'adapter' if cfg.method in ('lora', 'ia3') else 'model'} to {out}"
             )
-        if not cfg.keep_checkpoint:
-            _remove_checkpoints(self.ck_dir)
         return result
+
+
+class _RunLock:
+    """An exclusive lock on a run, so that two processes never train the same run at once.
+
+    ``fcntl.flock`` locks are dropped by the OS when the holder dies (even by SIGKILL),
+    so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path, run_id: str):
+        self.path = path
+        self.fh = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = path.open("a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.close()
+            self.fh = None
+            raise UserError(
+                f"run {run_id} is being trained by another process right now ({path} is locked)"
+            ) from None
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.path.unlink(missing_ok=True)
+            self.fh.close()
+            self.fh = None
 
 
 def _remove_checkpoints(directory: Path) -> None:
