@@ -360,6 +360,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         "tokens_seen",
     ]
     diff = (a[cols].fillna(0) - b[cols].fillna(0)).abs().to_numpy().max()
+    print(f"resumed vs uninterrupted: max abs difference {diff}")
     assert diff <= 1e-5, f"resumed run differs by {diff}"
     assert a.finetune_loss.iloc[-1] < a.finetune_loss.iloc[0]
 
