@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def plain_peft_loop(config, batches: list[torch.Tensor]) -> float:
     """A plain PEFT training loop over ``batches``; returns its wall time in seconds."""
 
-    from forgetscale.models import load_model
-    from forgetscale.train import _resolve_device, _seed_everything, make_scheduler, resolve_targets
+    from forgetscale.models import load_model, resolve_device
+    from forgetscale.train import _seed_everything, make_scheduler, resolve_targets
 
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     loaded = load_model(config.model, dtype=config.dtype, device=device)
     model = loaded.model
     targets, _ = resolve_targets(model, config)

@@ -43,6 +43,7 @@ from torch import nn
 
 from forgetscale.config import TrainConfig, load_config, stable_json
 from forgetscale.errors import DivergedError, UserError
+from forgetscale.models import resolve_device
 from forgetscale.taskdata import IGNORE_INDEX, Examples, load_task_data
 
 # ------------------------------------------------------------------------------------------
@@ -585,19 +586,6 @@ def _reference_for_run(
 # the run
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}") from None
-
-
 def _seed_everything(seed: int) -> None:
     import numpy as np
 
@@ -732,7 +720,7 @@ class _Run:
         from forgetscale.models import count_parameters, load_model
 
         cfg = self.config
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         _seed_everything(cfg.seed)
         loaded = load_model(
             cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=self.device
