@@ -90,10 +90,8 @@ def _load_path(path: Path, text_field: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return [_read_text(path)]
-    if suffix == ".jsonl":
-        return _read_jsonl(path, text_field)
-    if suffix == ".parquet":
-        return _read_parquet(path, text_field)
+    if suffix in (".jsonl", ".parquet"):
+        return _record_texts(path, text_field)
     raise UserError(f"unsupported corpus file {path}: use .txt, .jsonl, .parquet or a folder")
 
 
@@ -104,36 +102,43 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[str]:
-    docs = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict) or text_field not in record:
-                raise UserError(
-                    f"{path}:{lineno}: record has no field {text_field!r} (choose with --text-field)"
-                )
-            docs.append(str(record[text_field]))
-    return docs
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``.jsonl`` (one JSON object per line) or ``.parquet`` file."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = []
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+                records.append(record)
+        return records
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+            raise UserError(f"could not read parquet file {path}: {exc}") from None
+    raise UserError(f"records must come from a .jsonl or .parquet file, got {path}")
 
 
-def _read_parquet(path: Path, text_field: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
-        raise UserError(f"could not read parquet file {path}: {exc}") from exc
-    if text_field not in table.column_names:
-        raise UserError(
-            f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)})"
-        )
-    return [str(v) for v in table.column(text_field).to_pylist() if v is not None]
+def _record_texts(path: Path, text_field: str) -> list[str]:
+    texts = []
+    for number, record in enumerate(read_records(path), 1):
+        if text_field not in record:
+            raise UserError(
+                f"{path}: record {number} has no field {text_field!r} (choose with --text-field)"
+            )
+        if record[text_field] is not None:
+            texts.append(str(record[text_field]))
+    return texts
 
 
 def _load_hf(name: str, text_field: str, split: str) -> list[str]:

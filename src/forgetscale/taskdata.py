@@ -19,13 +19,13 @@ the run's seed, so runs with different seeds are measured on the same held-out d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from forgetscale.data import read_records
 from forgetscale.errors import UserError
 
 IGNORE_INDEX = -100
@@ -74,38 +74,12 @@ class TaskData:
 # reading records
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-                records.append(record)
-        return records
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises many types
-            raise UserError(f"could not read parquet file {path}: {exc}") from None
-    raise UserError(f"chat/instruction data must be .jsonl or .parquet, got {path}")
-
-
 def detect_format(source: str, text_field: str = "text") -> str:
     """``text``, ``prompt_response`` or ``messages``, from the first record of a JSONL/parquet file."""
     path = Path(source).expanduser()
     if not path.is_file() or path.suffix.lower() not in (".jsonl", ".parquet"):
         return "text"
-    records = _read_records(path)
+    records = read_records(path)
     if not records:
         raise UserError(f"task data {source} is empty (no records)")
     first = records[0]
@@ -125,7 +99,7 @@ def _conversations(source: str, fmt: str) -> list[list[dict[str, str]]]:
     path = Path(source).expanduser()
     if not path.is_file():
         raise UserError(f"task data not found: {source}")
-    records = _read_records(path)
+    records = read_records(path)
     if not records:
         raise UserError(f"task data {source} is empty (no records)")
     out = []
