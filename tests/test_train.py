@@ -32,21 +32,8 @@ from forgetscale.train import (
     train,
 )
 
-MINIMAL = """\
-model: ./tiny-model          # local dir, hub id, GGUF file or smollm2-135m
-task_data: ./task.jsonl      # {"text": ...} per line
-forgetting_data: ./general.jsonl
-method: lora
-rank: 4
-target_modules: all-linear
-block_size: 32
-batch_size: 4
-learning_rate: 1.0e-3
-max_steps: 12
-eval_steps: [0, 1, 2, 4, 8, 12]
-seed: 0
-store: ./results.db
-"""
+# the minimal config of issue 3, as shipped in configs/ (it must run as it is)
+MINIMAL = (Path(__file__).resolve().parent.parent / "configs" / "minimal.yaml").read_text()
 
 
 @pytest.fixture(scope="session")
