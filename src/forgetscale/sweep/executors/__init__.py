@@ -1,0 +1,27 @@
+"""Executors that run a sweep's runs: one module each, named here (nothing is imported until
+an executor is asked for, so ``forgetscale sweep --help`` stays fast and Ray/submitit stay
+optional)."""
+
+from __future__ import annotations
+
+import importlib
+
+from forgetscale.errors import UserError
+from forgetscale.sweep.executors.base import Executor, Finished, Resources, RunTask
+
+# executor name -> module defining ``EXECUTOR`` (an :class:`Executor` subclass)
+EXECUTORS: dict[str, str] = {
+    "local": "forgetscale.sweep.executors.local",
+    "ray": "forgetscale.sweep.executors.ray",
+    "slurm": "forgetscale.sweep.executors.slurm",
+}
+
+
+def get_executor(name: str) -> type[Executor]:
+    """The executor class registered under ``name``."""
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    return importlib.import_module(EXECUTORS[name]).EXECUTOR
+
+
+__all__ = ["EXECUTORS", "Executor", "Finished", "Resources", "RunTask", "get_executor"]
