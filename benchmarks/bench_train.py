@@ -3,7 +3,7 @@
 1. Step loop vs a plain PEFT loop. Both train the same LoRA (same PEFT config, AdamW,
    gradient clipping, LambdaLR) on the same model and the same batches (the plain loop
    gets its batches pre-built, which only favours it). Ours is the real
-   ``forgetscale.train.train`` with measurements only at step 0 and the last step; its
+   ``forgetscale.training.train`` with measurements only at step 0 and the last step; its
    loop time excludes those two evaluations (they are part 2). Runs alternate
    plain / ours ``--repeats`` times; the medians are compared. Target: ours >= 0.95 x plain.
 
@@ -40,13 +40,15 @@ def plain_peft_loop(config, batches: list[torch.Tensor]) -> float:
     """A plain PEFT training loop over ``batches``; returns its wall time in seconds."""
 
     from forgetscale.models import load_model, resolve_device
-    from forgetscale.train import _seed_everything, make_scheduler, resolve_targets
+    from forgetscale.training.checkpoint import seed_everything
+    from forgetscale.training.methods import resolve_targets
+    from forgetscale.training.optim import make_scheduler
 
     device = resolve_device(config.device)
     loaded = load_model(config.model, dtype=config.dtype, device=device)
     model = loaded.model
     targets, _ = resolve_targets(model, config)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
         warnings.simplefilter("ignore", FutureWarning)
         model = _peft(model, config, targets)
@@ -103,7 +105,8 @@ def main() -> int:
 
     from forgetscale.config import load_config
     from forgetscale.taskdata import load_task_data
-    from forgetscale.train import batch_indices, train
+    from forgetscale.training import train
+    from forgetscale.training.optim import batch_indices
 
     base = load_config(args.config)
     if base.method != "lora" or base.optimizer != "adamw" or base.grad_accumulation != 1:

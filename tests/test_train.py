@@ -20,17 +20,10 @@ from forgetscale.cli import main
 from forgetscale.config import build_config
 from forgetscale.errors import UserError
 from forgetscale.store import EXPORT_COLUMNS, read_measurements
-from forgetscale.train import (
-    apply_method,
-    batch_indices,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_factor,
-    make_optimizer,
-    make_scheduler,
-    save_checkpoint,
-    train,
-)
+from forgetscale.training import train
+from forgetscale.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgetscale.training.methods import apply_method
+from forgetscale.training.optim import batch_indices, lr_factor, make_optimizer, make_scheduler
 
 # the minimal config of issue 3, as shipped in configs/ (it must run as it is)
 MINIMAL = (Path(__file__).resolve().parent.parent / "configs" / "minimal.yaml").read_text()
@@ -575,10 +568,11 @@ def test_forgetting_callback_in_trl_sft_trainer(workdir, tiny_model_dir, tmp_pat
 
 
 def test_a_run_cannot_be_trained_twice_at_once(workdir):
-    from forgetscale.train import _RunLock, checkpoint_dir
+    from forgetscale.training.lock import RunLock
+    from forgetscale.training.run import checkpoint_dir
 
     cfg = _config(workdir, max_steps=1, eval_steps=[0, 1])
-    lock = _RunLock(Path(str(checkpoint_dir(cfg)) + ".lock"), cfg.run_id)
+    lock = RunLock(Path(str(checkpoint_dir(cfg)) + ".lock"), cfg.run_id)
     try:
         with pytest.raises(UserError, match="being trained by another process"):
             train(cfg)

@@ -40,6 +40,7 @@ TASK_FORMATS = ("auto", "text", "prompt_response", "messages")
 NON_RESULT_FIELDS = frozenset(
     {
         "store",
+        "reference_dir",
         "checkpoint_dir",
         "checkpoint_every",
         "keep_checkpoint",
@@ -58,6 +59,7 @@ PATH_FIELDS = frozenset(
         "heldout_data",
         "forgetting_data",
         "reference",
+        "reference_dir",
         "store",
         "checkpoint_dir",
         "output_dir",
@@ -189,6 +191,12 @@ class TrainConfig:
 
     # --- where things go (not part of the run id) --------------------------------------
     store: str = _f("results.db", "SQLite results store.")
+    reference_dir: str | None = _f(
+        None,
+        "Folder where reference caches named by their fingerprint are found or built when "
+        "`reference` is unset (None = a 'references' folder beside the store). A sweep points "
+        "every run at its own shared folder.",
+    )
     checkpoint_dir: str | None = _f(
         None, "Checkpoint folder (None = <store>.checkpoints/<run id>)."
     )
@@ -446,7 +454,7 @@ def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
     return out
 
 
-OUTPUT_PATH_FIELDS = frozenset({"store", "checkpoint_dir", "output_dir"})
+OUTPUT_PATH_FIELDS = frozenset({"store", "reference_dir", "checkpoint_dir", "output_dir"})
 
 
 def _resolve_path(key: str, value: str, base: Path | None) -> str:

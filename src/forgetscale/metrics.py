@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from forgetscale.errors import UserError
 from forgetscale.reference import ReferenceCache, log_tail_mass
+from forgetscale.taskdata import IGNORE_INDEX, Examples
 
 
 @dataclass
@@ -226,3 +227,34 @@ def _most_forgotten(
             )
         )
     return reports
+
+
+# ------------------------------------------------------------------------------------------
+# the fine-tuning loss L_ft
+
+
+@torch.inference_mode()
+def finetune_loss(model: nn.Module, heldout: Examples, *, batch_size: int) -> float:
+    """Token-weighted mean next-token cross-entropy on held-out task data (L_ft)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(heldout), batch_size):
+            part = heldout.select(slice(start, start + batch_size))
+            ids = part.input_ids.to(device)
+            mask = None if part.attention_mask is None else part.attention_mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            labels = part.labels[:, 1:].to(device)
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += float(loss.double())
+            count += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(stable_json(config.to_dict()))
         return 0
 
-    from forgetscale.train import train
+    from forgetscale.training import train
 
     result = train(config, restart=args.restart)
     print(result.summary())

@@ -25,10 +25,8 @@ step; measurements taken before stay in the store.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -43,8 +41,18 @@ from torch import nn
 
 from forgetscale.config import TrainConfig, load_config, stable_json
 from forgetscale.errors import DivergedError, UserError
+from forgetscale.metrics import finetune_loss
 from forgetscale.models import resolve_device
-from forgetscale.taskdata import IGNORE_INDEX, Examples, load_task_data
+from forgetscale.taskdata import Examples, load_task_data
+from forgetscale.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
+from forgetscale.training.lock import RunLock
+from forgetscale.training.methods import apply_method, resolve_targets
+from forgetscale.training.optim import batch_indices, make_optimizer, make_scheduler
 
 # ------------------------------------------------------------------------------------------
 # results
@@ -95,407 +103,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------
-# model surgery: methods, target modules, P
-
-
-_ATTENTION_HINTS = ("attn", "attention")
-_MLP_HINTS = ("mlp", "feed_forward", "ffn", "ffwd")
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's list of transformer blocks (the longest ModuleList of sub-modules)."""
-    best: nn.ModuleList | None = None
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if best is None or len(module) > len(best):
-                best = module
-    if best is None:
-        raise UserError("could not find the transformer blocks of this model")
-    return best
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-@dataclass(frozen=True)
-class LinearModule:
-    name: str  # full module path
-    leaf: str
-    group: str  # attention | mlp | other
-    layer: int | None
-
-
-def linear_modules(model: nn.Module) -> list[LinearModule]:
-    """Every linear layer except the output head, with its group and block index."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    blocks = transformer_blocks(model)
-    layer_of: dict[int, int] = {}
-    for index, block in enumerate(blocks):
-        for sub in block.modules():
-            layer_of[id(sub)] = index
-    out = []
-    for name, module in model.named_modules():
-        if module is head or not _is_linear(module):
-            continue
-        parents = [p.lower() for p in name.split(".")[:-1]]
-        if any(h in p for p in parents for h in _ATTENTION_HINTS):
-            group = "attention"
-        elif any(h in p for p in parents for h in _MLP_HINTS):
-            group = "mlp"
-        else:
-            group = "other"
-        out.append(LinearModule(name, name.rsplit(".", 1)[-1], group, layer_of.get(id(module))))
-    return out
-
-
-def resolve_targets(model: nn.Module, config: TrainConfig) -> tuple[list[str], list[LinearModule]]:
-    """PEFT ``target_modules`` for the config's preset or names, restricted to ``layers``.
-
-    Returns the names to give PEFT (leaf names when they are unambiguous, else full
-    module paths) and the selected modules.
-    """
-    modules = linear_modules(model)
-    leaves = sorted({m.leaf for m in modules})
-    spec = config.target_modules
-    if isinstance(spec, str) and spec in ("attention", "mlp", "all-linear"):
-        groups = {"attention": {"attention"}, "mlp": {"mlp"}}.get(
-            spec, {"attention", "mlp", "other"}
-        )
-        chosen = [m for m in modules if m.group in groups]
-        if not chosen:
-            raise UserError(
-                f"target_modules={spec!r} matches no linear module of this model; "
-                f"its linear modules are: {', '.join(leaves)}"
-            )
-    else:
-        names = [spec] if isinstance(spec, str) else list(spec)
-        unknown = [
-            n
-            for n in names
-            if not any(m.leaf == n or m.name == n or m.name.endswith("." + n) for m in modules)
-        ]
-        if unknown:
-            raise UserError(
-                f"unknown target module(s) {', '.join(unknown)}; this model's linear modules "
-                f"are: {', '.join(leaves)} (or use attention, mlp, all-linear)"
-            )
-        chosen = [
-            m
-            for m in modules
-            if any(m.leaf == n or m.name == n or m.name.endswith("." + n) for n in names)
-        ]
-    if config.layers is not None:
-        n_layers = len(transformer_blocks(model))
-        bad = [i for i in config.layers if not 0 <= i < n_layers]
-        if bad:
-            raise UserError(f"layers {bad} out of range: this model has blocks 0..{n_layers - 1}")
-        chosen = [m for m in chosen if m.layer in set(config.layers)]
-    chosen_leaves = {m.leaf for m in chosen}
-    others_with_same_leaf = [m for m in modules if m.leaf in chosen_leaves and m not in chosen]
-    if others_with_same_leaf:
-        return [m.name for m in chosen], chosen
-    return sorted(chosen_leaves), chosen
-
-
-def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Make the config's parameters trainable (PEFT for lora/ia3); returns the model to train."""
-    method = config.method
-    if method in ("lora", "ia3"):
-        from peft import IA3Config, LoraConfig, get_peft_model
-
-        targets, chosen = resolve_targets(model, config)
-        if method == "lora":
-            peft_config = LoraConfig(
-                r=config.rank,
-                lora_alpha=config.alpha,
-                lora_dropout=config.dropout,
-                use_rslora=config.rslora,
-                target_modules=targets,
-                bias="none",
-                task_type="CAUSAL_LM",
-            )
-        else:
-            ff = [
-                t
-                for t in targets
-                if any(m.group == "mlp" and t in (m.leaf, m.name) for m in chosen)
-            ]
-            peft_config = IA3Config(
-                target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM"
-            )
-        return get_peft_model(model, peft_config)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    blocks = transformer_blocks(model)
-    if method == "top-layers":
-        if config.top_k_layers > len(blocks):
-            raise UserError(
-                f"top_k_layers={config.top_k_layers} but the model has {len(blocks)} blocks"
-            )
-        for block in list(blocks)[-config.top_k_layers :]:
-            for p in block.parameters():
-                p.requires_grad_(True)
-    elif method == "full":
-        if config.layers is None:
-            for p in model.parameters():
-                p.requires_grad_(True)
-        else:
-            bad = [i for i in config.layers if not 0 <= i < len(blocks)]
-            if bad:
-                raise UserError(f"layers {bad} out of range: blocks are 0..{len(blocks) - 1}")
-            for i in config.layers:
-                for p in blocks[i].parameters():
-                    p.requires_grad_(True)
-    else:  # pragma: no cover - validated in the config
-        raise UserError(f"unknown method {method!r}")
-    return model
-
-
-# ------------------------------------------------------------------------------------------
-# optimisation
-
-
-def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            params,
-            lr=config.learning_rate,
-            weight_decay=config.weight_decay,
-            scale_parameter=False,
-            relative_step=False,
-            warmup_init=False,
-        )
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
-    """Learning-rate multiplier for update ``step`` (0-based): linear warm-up, then the schedule."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(
-            s, warmup=config.warmup_steps, total=config.max_steps, schedule=config.schedule
-        ),
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# data order: a pure function of (seed, step), so the data position needs no state
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Example indices of update ``step`` (0-based): consecutive slices of per-epoch permutations."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        take = min(batch_size - len(out), n - offset)
-        out.extend(perm[offset : offset + take].tolist())
-    return torch.tensor(out, dtype=torch.long)
-
-
-# ------------------------------------------------------------------------------------------
-# evaluation
-
-
-@torch.inference_mode()
-def finetune_loss(model: nn.Module, heldout: Examples, *, batch_size: int) -> float:
-    """Token-weighted mean next-token cross-entropy on held-out task data (L_ft)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in range(0, len(heldout), batch_size):
-            part = heldout.select(slice(start, start + batch_size))
-            ids = part.input_ids.to(device)
-            mask = None if part.attention_mask is None else part.attention_mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            labels = part.labels[:, 1:].to(device)
-            loss = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            total += float(loss.double())
-            count += int((labels != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
-    return total / max(count, 1)
-
-
-# ------------------------------------------------------------------------------------------
-# checkpoints: safetensors + JSON, written to a temporary folder and renamed into place
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    import numpy as np
-
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
-    py = random.getstate()
-    np_state = np.random.get_state()
-    meta = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [
-            np_state[0],
-            np_state[1].tolist(),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ],
-    }
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(tensors["torch"])
-    cuda = sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-
-
-def _split_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace tensors in a nested state by ``{"__tensor__": key}`` references."""
-    if isinstance(obj, torch.Tensor):
-        key = f"{prefix}"
-        tensors[key] = obj.detach().cpu().contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        return {str(k): _split_state(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return {"__float__": repr(obj)}
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    raise TypeError(f"cannot checkpoint a {type(obj).__name__} without pickle")
-
-
-def _join_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        if set(obj) == {"__float__"}:
-            return float(obj["__float__"])
-        return {k: _join_state(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_join_state(v, tensors) for v in obj]
-    return obj
-
-
-def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
-    """JSON turned the optimizer's integer parameter ids into strings; turn them back."""
-    return {
-        "state": {int(k): v for k, v in state["state"].items()},
-        "param_groups": state["param_groups"],
-    }
-
-
-def save_checkpoint(
-    directory: Path,
-    step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    progress: dict[str, Any],
-) -> Path:
-    """Write ``directory/step-NNNNNN`` atomically, then drop older checkpoints."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:06d}"
-    tmp = directory / f".tmp-step-{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    weights = {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }
-    save_file(weights, str(tmp / "trainable.safetensors"))
-    opt_tensors: dict[str, torch.Tensor] = {}
-    opt_json = _split_state(optimizer.state_dict(), "optimizer", opt_tensors)
-    sched_json = _split_state(scheduler.state_dict(), "scheduler", opt_tensors)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_json = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    state = {
-        "step": step,
-        "optimizer": opt_json,
-        "scheduler": sched_json,
-        "rng": rng_json,
-        "progress": progress,
-    }
-    with (tmp / "state.json").open("w") as fh:
-        json.dump(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in directory.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    if not directory.is_dir():
-        return None
-    complete = [p for p in directory.glob("step-*") if (p / "state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name[5:])) if complete else None
-
-
-def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; returns its state."""
-    from safetensors.torch import load_file
-
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing or set(weights) - set(params):
-        raise UserError(
-            f"checkpoint {path} does not match this run's trainable parameters; "
-            "start afresh with --restart"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(_optimizer_state_from_json(_join_state(state["optimizer"], tensors)))
-    scheduler.load_state_dict(_join_state(state["scheduler"], tensors))
-    _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
-    return state
-
-
-# ------------------------------------------------------------------------------------------
 # the reference cache for a run
 
 
@@ -537,7 +144,12 @@ def _reference_for_run(
         path = Path(config.reference)
     else:
         key = hashlib.sha256(stable_json(want).encode()).hexdigest()[:16]
-        path = Path(config.store).parent / "references" / f"ref-{key}.safetensors"
+        folder = (
+            Path(config.reference_dir)
+            if config.reference_dir
+            else Path(config.store).parent / "references"
+        )
+        path = folder / f"ref-{key}.safetensors"
     if path.is_file():
         ref = ReferenceCache.load(path)
         ref.check_compatible(tokenizer, model)
@@ -586,14 +198,6 @@ def _reference_for_run(
 # the run
 
 
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -624,7 +228,7 @@ def train(
         a :class:`TrainResult`; the measurements are in ``config.store``.
 
     Example:
-        >>> from forgetscale.train import train
+        >>> from forgetscale.training import train
         >>> result = train("configs/smollm2-lora.yaml", overrides={"rank": 16})
         >>> result.status, result.measurements[-1]["forgetting_loss"]
     """
@@ -664,7 +268,7 @@ class _Run:
         t_begin = time.perf_counter()
         self.ck_dir = checkpoint_dir(cfg)
         with open_store(cfg.store) as store:
-            lock = _RunLock(Path(str(self.ck_dir) + ".lock"), self.run_id)
+            lock = RunLock(Path(str(self.ck_dir) + ".lock"), self.run_id)
             try:
                 result = self._execute_locked(store, restart)
             finally:
@@ -721,7 +325,7 @@ class _Run:
 
         cfg = self.config
         self.device = resolve_device(cfg.device)
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         loaded = load_model(
             cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=self.device
         )
@@ -749,7 +353,7 @@ class _Run:
         self.reference, self.reference_path = _reference_for_run(
             cfg, model, tokenizer, model_name, self.log
         )
-        _seed_everything(cfg.seed)  # adapter init does not depend on what ran before
+        seed_everything(cfg.seed)  # adapter init does not depend on what ran before
         if cfg.gradient_checkpointing:
             model.config.use_cache = False
             kwargs = {"use_reentrant": False}
@@ -992,38 +596,6 @@ class _Run:
                 f"run {self.run_id}: saved the trained {'adapter' if cfg.method in ('lora', 'ia3') else 'model'} to {out}"
             )
         return result
-
-
-class _RunLock:
-    """An exclusive lock on a run, so that two processes never train the same run at once.
-
-    ``fcntl.flock`` locks are dropped by the OS when the holder dies (even by SIGKILL),
-    so a killed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, path: Path, run_id: str):
-        self.path = path
-        self.fh = None
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = path.open("a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.close()
-            self.fh = None
-            raise UserError(
-                f"run {run_id} is being trained by another process right now ({path} is locked)"
-            ) from None
-
-    def release(self) -> None:
-        if self.fh is not None:
-            self.path.unlink(missing_ok=True)
-            self.fh.close()
-            self.fh = None
 
 
 def _remove_checkpoints(directory: Path) -> None:

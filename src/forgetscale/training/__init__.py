@@ -1,0 +1,16 @@
+"""A fine-tuning run that measures L_ft and L_f at scheduled steps, and the pieces it is made of.
+
+- :mod:`~forgetscale.training.run`: the run itself (the step loop, its evaluation schedule,
+  resume, divergence) -- read it top to bottom;
+- :mod:`~forgetscale.training.methods`: which parameters a method trains (LoRA/IA3 via PEFT,
+  top layers, full);
+- :mod:`~forgetscale.training.optim`: optimizer, learning-rate schedule, data order;
+- :mod:`~forgetscale.training.checkpoint`: pickle-free checkpoints and RNG state;
+- :mod:`~forgetscale.training.lock`: one process per run.
+
+L_ft and L_f themselves are computed in :mod:`forgetscale.metrics`.
+"""
+
+from forgetscale.training.run import TrainResult, train
+
+__all__ = ["TrainResult", "train"]
