@@ -104,7 +104,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from forgetscale.config import load_config
-    from forgetscale.taskdata import load_task_data
+    from forgetscale.finetune_data import load_task_data
     from forgetscale.training import train
     from forgetscale.training.optim import batch_indices
 

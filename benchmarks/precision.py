@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from forgetscale.data import load_documents, pack_documents
+from forgetscale.corpus import load_documents, pack_documents
 from forgetscale.metrics import evaluate_forgetting
 from forgetscale.models import load_model
 from forgetscale.reference import build_reference

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from forgetscale.data import load_documents, pack_documents
+from forgetscale.corpus import load_documents, pack_documents
 from forgetscale.metrics import evaluate_forgetting
 from forgetscale.models import load_model
 from forgetscale.reference import build_reference

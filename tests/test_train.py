@@ -400,7 +400,7 @@ def test_bad_inputs_exit_2(workdir, capsys, other_tiny_model_dir):
     assert "unknown target module" in _cli_error(capsys, "--target_modules=nope")
 
     # a reference built from another model (another tokenizer)
-    from forgetscale.data import pack_documents
+    from forgetscale.corpus import pack_documents
     from forgetscale.models import load_model
     from forgetscale.reference import build_reference
 
@@ -425,8 +425,8 @@ def test_missing_config_and_paths(workdir, capsys):
 
 
 def test_prompt_response_trains_on_response_tokens_only(workdir, tiny_model_dir):
+    from forgetscale.finetune_data import IGNORE_INDEX, encode_conversation, load_task_data
     from forgetscale.models import load_tokenizer
-    from forgetscale.taskdata import IGNORE_INDEX, encode_conversation, load_task_data
 
     tok = load_tokenizer(str(tiny_model_dir))
     ids, labels = encode_conversation(
@@ -490,7 +490,7 @@ def test_forgetting_callback_in_hf_trainer(workdir, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from forgetscale import ForgettingCallback
-    from forgetscale.data import pack_documents
+    from forgetscale.corpus import pack_documents
     from forgetscale.models import load_tokenizer
     from forgetscale.reference import build_reference
 
@@ -539,7 +539,7 @@ def test_forgetting_callback_in_trl_sft_trainer(workdir, tiny_model_dir, tmp_pat
     from transformers import AutoModelForCausalLM
 
     from forgetscale import ForgettingCallback
-    from forgetscale.data import pack_documents
+    from forgetscale.corpus import pack_documents
     from forgetscale.models import load_tokenizer
     from forgetscale.reference import build_reference
 

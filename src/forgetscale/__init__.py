@@ -20,13 +20,13 @@ _EXPORTS: dict[str, str] = {
     "UserError": "forgetscale.errors",
     "load_model": "forgetscale.models",
     "count_parameters": "forgetscale.models",
-    "load_documents": "forgetscale.data",
-    "pack_documents": "forgetscale.data",
+    "load_documents": "forgetscale.corpus",
+    "pack_documents": "forgetscale.corpus",
     "ReferenceCache": "forgetscale.reference",
     "build_reference": "forgetscale.reference",
     "ForgettingResult": "forgetscale.metrics",
     "evaluate_forgetting": "forgetscale.metrics",
-    "measure": "forgetscale.measurement",
+    "measure": "forgetscale.metrics",
     "TrainConfig": "forgetscale.config",
     "ForgettingCallback": "forgetscale.callback",
     "read_measurements": "forgetscale.store",
@@ -41,10 +41,9 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover
     from forgetscale.callback import ForgettingCallback
     from forgetscale.config import TrainConfig
-    from forgetscale.data import load_documents, pack_documents
+    from forgetscale.corpus import load_documents, pack_documents
     from forgetscale.errors import UserError
-    from forgetscale.measurement import measure
-    from forgetscale.metrics import ForgettingResult, evaluate_forgetting
+    from forgetscale.metrics import ForgettingResult, evaluate_forgetting, measure
     from forgetscale.models import count_parameters, load_model
     from forgetscale.reference import ReferenceCache, build_reference
     from forgetscale.store import read_measurements

@@ -221,7 +221,7 @@ def build_reference(
     Args:
         model: the base model M (any transformers causal LM).
         tokenizer: its tokenizer (hashed into the fingerprint).
-        blocks: packed token blocks from :func:`forgetscale.data.pack_documents`.
+        blocks: packed token blocks from :func:`forgetscale.corpus.pack_documents`.
         top_k: number of most likely tokens kept per position for the soft metrics.
         batch_size: blocks per forward pass; sets peak memory (one batch of logits).
         model_name, corpus_source, corpus_sha256: recorded in the fingerprint.

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import warnings
 
-    from forgetscale.measurement import measure
+    from forgetscale.metrics import measure
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

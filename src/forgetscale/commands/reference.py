@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forgetscale.data import load_corpus, pack_documents
+    from forgetscale.corpus import load_corpus, pack_documents
     from forgetscale.errors import UserError
     from forgetscale.models import load_model, max_context
     from forgetscale.reference import build_reference, check_writable

@@ -41,9 +41,9 @@ from torch import nn
 
 from forgetscale.config import TrainConfig, load_config, stable_json
 from forgetscale.errors import DivergedError, UserError
+from forgetscale.finetune_data import Examples, load_task_data
 from forgetscale.metrics import finetune_loss
 from forgetscale.models import resolve_device
-from forgetscale.taskdata import Examples, load_task_data
 from forgetscale.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -116,7 +116,7 @@ def _reference_for_run(
     """Load the run's reference cache if its fingerprint matches, else build and save it."""
     import hashlib
 
-    from forgetscale.data import corpus_hash, load_documents, pack_documents
+    from forgetscale.corpus import corpus_hash, load_documents, pack_documents
     from forgetscale.models import tokenizer_fingerprint
     from forgetscale.reference import ReferenceCache, build_reference
 

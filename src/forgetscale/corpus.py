@@ -2,7 +2,7 @@
 
 A corpus *source* is one of:
 
-- an embedded corpus name (``pydoc``, ``shakespeare``; see :mod:`forgetscale.corpora`),
+- an embedded corpus name (``pydoc``, ``shakespeare``; see :mod:`forgetscale.embedded_corpora`),
 - a ``.txt`` file (one document), a folder of ``.txt`` files (one document per
   file, sorted by path), a ``.jsonl`` or ``.parquet`` file (one document per
   record, from field ``text`` unless ``text_field`` names another),
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from forgetscale.corpora import EMBEDDED_CORPORA
+from forgetscale.embedded_corpora import EMBEDDED_CORPORA
 from forgetscale.errors import UserError
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from forgetscale.data import read_records
+from forgetscale.corpus import read_records
 from forgetscale.errors import UserError
 
 IGNORE_INDEX = -100
@@ -216,7 +216,7 @@ def _chat_examples(
 
 
 def _text_examples(source: str, tokenizer: Any, block_size: int, text_field: str) -> Examples:
-    from forgetscale.data import load_documents, pack_documents
+    from forgetscale.corpus import load_documents, pack_documents
 
     docs = load_documents(source, text_field=text_field)
     blocks = pack_documents(docs, tokenizer, block_size)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from forgetscale.data import corpus_hash, load_documents, pack_documents
+from forgetscale.corpus import corpus_hash, load_documents, pack_documents
 from forgetscale.errors import UserError
 from forgetscale.models import load_tokenizer
 
