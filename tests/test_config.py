@@ -151,3 +151,82 @@ def test_evaluation_schedule():
     assert len(s) == 9  # step 0 + 8 log-spaced points including 1 and 260
     assert evaluation_schedule(10, log_points=0, every=5) == [0, 5, 10]
     assert evaluation_schedule(1) == [0, 1]
+
+
+def _numeric_keys():
+    """Every config key that holds numbers, with a value outside its bounds."""
+    import dataclasses
+
+    from forgetscale.config import TrainConfig
+
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        for key in ("gt", "ge", "lt", "le"):
+            if key in f.metadata:
+                bound = f.metadata[key]
+                value = {"gt": bound, "ge": bound - 1, "lt": bound, "le": bound + 1}[key]
+                out.append((f.name, value))
+    return out
+
+
+@pytest.mark.parametrize("key, value", _numeric_keys())
+def test_every_bounded_key_refuses_out_of_range_values(tmp_path, monkeypatch, key, value):
+    monkeypatch.chdir(tmp_path)
+    if key in ("eval_steps", "layers"):
+        value = [value]
+    with pytest.raises(UserError, match=key):
+        load_config(_write(tmp_path), {key: value})
+
+
+def test_the_audit_covers_every_numeric_key():
+    """A numeric key without bounds would accept anything: every one must declare them."""
+    import dataclasses
+    import typing
+
+    from forgetscale.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    numeric = {
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if any(t in str(hints[f.name]) for t in ("int", "float"))
+    }
+    bounded = {k for k, _ in _numeric_keys()}
+    assert numeric - bounded == set()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="learning_rate must be a finite number"):
+        load_config(_write(tmp_path), [f"--learning_rate={value}"])
+
+
+def test_negative_gradient_clipping_is_refused(tmp_path, monkeypatch):
+    """A negative clipping norm would scale gradients by a negative factor: gradient ascent."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="max_grad_norm must be positive"):
+        load_config(_write(tmp_path), ["--max_grad_norm=-1"])
+
+
+def test_errors_name_the_file_or_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = _write(tmp_path, MINIMAL + "weight_decay: -0.1\n")
+    with pytest.raises(UserError, match=r"run.yaml: weight_decay must be at least 0"):
+        load_config(p)
+    with pytest.raises(UserError, match=r"command line: rank must be an integer"):
+        load_config(_write(tmp_path), ["--rank=x"])
+
+
+def test_a_binary_config_file_is_one_line(tmp_path):
+    p = tmp_path / "model.bin"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="not a text"):
+        load_config(p)
+
+
+def test_a_config_is_validated_at_construction():
+    from forgetscale.config import TrainConfig
+
+    with pytest.raises(UserError, match="rank must be positive"):
+        TrainConfig(task_data="shakespeare", rank=0)

@@ -21,8 +21,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +71,31 @@ PATH_FIELDS = frozenset(
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with its help text; ``kw`` may hold ``choices`` and numeric bounds
+    (``gt``, ``ge``, ``lt``, ``le``) that every value (each item of a list) must meet."""
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _check_bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """Numbers must be finite and inside the field's bounds (each item of a list)."""
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if not math.isfinite(v):
+            raise UserError(f"{name} must be a finite number, got {v}")
+        for key, ok, words in (
+            ("gt", lambda a, b: a > b, "greater than"),
+            ("ge", lambda a, b: a >= b, "at least"),
+            ("lt", lambda a, b: a < b, "less than"),
+            ("le", lambda a, b: a <= b, "at most"),
+        ):
+            if key in meta and not ok(v, meta[key]):
+                positive = (key, meta[key]) in (("gt", 0), ("ge", 1))
+                need = "positive" if positive else f"{words} {meta[key]:g}"
+                raise UserError(f"{name} must be {need}, got {v:g}")
 
 
 @dataclass
@@ -108,12 +132,15 @@ class TrainConfig:
     heldout_fraction: float = _f(
         0.1,
         "Fraction of the task blocks/examples held out for L_ft when heldout_data is unset.",
+        ge=0.0,
+        lt=1.0,
     )
     heldout_max_tokens: int | None = _f(
         2048,
         "Token budget of each L_ft evaluation: at most this many held-out tokens (None = all).",
+        gt=0,
     )
-    block_size: int = _f(128, "Tokens per training block (context length T).")
+    block_size: int = _f(128, "Tokens per training block (context length T).", ge=2)
     adapter: str | None = _f(
         None, "An existing PEFT adapter to start from (applied to the base before training)."
     )
@@ -126,54 +153,67 @@ class TrainConfig:
         "folder or hf:NAME).",
     )
     forgetting_block_size: int | None = _f(
-        None, "Block size of the forgetting corpus (None = block_size)."
+        None, "Block size of the forgetting corpus (None = block_size).", ge=2
     )
     forgetting_max_tokens: int | None = _f(
         4096,
         "Token budget of the forgetting evaluation: at most this many tokens of the forgetting "
         "corpus (None = all).",
+        gt=0,
     )
     reference: str | None = _f(
         None,
         "Path of the reference cache (.safetensors). Built when missing, reused when its "
         "fingerprint matches. None = a file next to the store named by its fingerprint.",
     )
-    reference_top_k: int = _f(32, "Base-model top-K tokens kept per position for the soft metrics.")
+    reference_top_k: int = _f(
+        32, "Base-model top-K tokens kept per position for the soft metrics.", ge=1
+    )
 
     # --- method ---------------------------------------------------------------------
     method: str = _f("lora", "Fine-tuning method: lora, ia3, top-layers or full.", choices=METHODS)
-    rank: int = _f(8, "LoRA rank r.")
-    alpha: float = _f(16.0, "LoRA alpha. The update is scaled by alpha/sqrt(r) with rslora.")
+    rank: int = _f(8, "LoRA rank r.", ge=1)
+    alpha: float = _f(
+        16.0, "LoRA alpha. The update is scaled by alpha/sqrt(r) with rslora.", gt=0.0
+    )
     rslora: bool = _f(
         True, "Rank-stabilised LoRA scaling alpha/sqrt(r) (the paper's); false = alpha/r."
     )
-    dropout: float = _f(0.0, "LoRA dropout.")
+    dropout: float = _f(0.0, "LoRA dropout.", ge=0.0, lt=1.0)
     target_modules: str | list[str] = _f(
         "all-linear",
         "Modules to adapt: attention, mlp, all-linear (the paper's) or a list of module names.",
     )
     layers: list[int] | None = _f(
-        None, "Only adapt these transformer blocks (0-based indices); None = all."
+        None, "Only adapt these transformer blocks (0-based indices); None = all.", ge=0
     )
-    top_k_layers: int = _f(1, "top-layers method: unfreeze the top k transformer blocks.")
+    top_k_layers: int = _f(
+        1, "top-layers method: unfreeze the top k transformer blocks.", ge=1
+    )
 
     # --- optimisation ---------------------------------------------------------------
     optimizer: str = _f("adamw", "adamw or adafactor (the paper's).", choices=OPTIMIZERS)
-    learning_rate: float = _f(1e-4, "Peak learning rate.")
-    weight_decay: float = _f(0.0, "Weight decay (AdamW / Adafactor).")
-    max_grad_norm: float | None = _f(1.0, "Gradient clipping norm (None = no clipping).")
-    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    learning_rate: float = _f(1e-4, "Peak learning rate.", gt=0.0)
+    weight_decay: float = _f(0.0, "Weight decay (AdamW / Adafactor).", ge=0.0)
+    max_grad_norm: float | None = _f(
+        1.0, "Gradient clipping norm (None = no clipping).", gt=0.0
+    )
+    warmup_steps: int = _f(0, "Linear warm-up steps.", ge=0)
     schedule: str = _f(
         "constant",
         "Learning-rate schedule after warm-up: constant, linear or cosine.",
         choices=SCHEDULES,
     )
-    batch_size: int = _f(8, "Blocks per optimizer step (per micro-batch x grad_accumulation).")
-    grad_accumulation: int = _f(
-        1, "Micro-batches per update; each micro-batch holds batch_size/grad_accumulation blocks."
+    batch_size: int = _f(
+        8, "Blocks per optimizer step (per micro-batch x grad_accumulation).", ge=1
     )
-    max_steps: int = _f(100, "Number of optimizer updates N.")
-    seed: int = _f(0, "Random seed (adapter init, data order, dropout).")
+    grad_accumulation: int = _f(
+        1,
+        "Micro-batches per update; each micro-batch holds batch_size/grad_accumulation blocks.",
+        ge=1,
+    )
+    max_steps: int = _f(100, "Number of optimizer updates N.", ge=1)
+    seed: int = _f(0, "Random seed (adapter init, data order, dropout).", ge=0)
     dtype: str = _f("float32", "Compute dtype: float32 or bfloat16.", choices=DTYPES)
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the backward pass.")
 
@@ -182,12 +222,15 @@ class TrainConfig:
         None,
         "Explicit steps after which to measure (0 = the base before any update). "
         "Overrides eval_log_points/eval_every when set.",
+        ge=0,
     )
     eval_log_points: int = _f(
-        6, "Number of log-spaced evaluation steps in 1..max_steps (plus step 0 and the last)."
+        6,
+        "Number of log-spaced evaluation steps in 1..max_steps (plus step 0 and the last).",
+        ge=0,
     )
-    eval_every: int | None = _f(None, "Also measure every k steps.")
-    eval_batch_size: int = _f(8, "Blocks per forward pass in evaluation.")
+    eval_every: int | None = _f(None, "Also measure every k steps.", ge=1)
+    eval_batch_size: int = _f(8, "Blocks per forward pass in evaluation.", ge=1)
 
     # --- where things go (not part of the run id) --------------------------------------
     store: str = _f("results.db", "SQLite results store.")
@@ -201,7 +244,7 @@ class TrainConfig:
         None, "Checkpoint folder (None = <store>.checkpoints/<run id>)."
     )
     checkpoint_every: int | None = _f(
-        None, "Checkpoint every k steps (None = at every evaluation step)."
+        None, "Checkpoint every k steps (None = at every evaluation step).", ge=1
     )
     keep_checkpoint: bool = _f(
         False, "Keep the last checkpoint after the run finishes (for inspection)."
@@ -214,58 +257,29 @@ class TrainConfig:
     name: str | None = _f(None, "Free-form label shown by `forgetscale runs`.")
 
     # ------------------------------------------------------------------------------------
-    def validate(self) -> TrainConfig:
-        """Check values; raise :class:`UserError` with one line on the first problem."""
+    def __post_init__(self) -> None:
+        """Validate at construction: a TrainConfig that exists is a valid one."""
         if not self.task_data:
             raise UserError("task_data is required (a file, folder, embedded corpus or hf:NAME)")
-        for name in ("method", "optimizer", "schedule", "dtype", "task_format"):
-            choices = _fields()[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise UserError(
-                    f"{name}={getattr(self, name)!r} is not one of: {', '.join(choices)}"
-                )
-        positive = [
-            "block_size",
-            "batch_size",
-            "grad_accumulation",
-            "max_steps",
-            "rank",
-            "eval_batch_size",
-            "top_k_layers",
-            "reference_top_k",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise UserError(f"{f.name}={value!r} is not one of: {', '.join(choices)}")
+            _check_bounds(f.name, value, f.metadata)
         if self.batch_size % self.grad_accumulation:
             raise UserError(
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accumulation "
                 f"({self.grad_accumulation})"
             )
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise UserError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         if self.heldout_data is None and self.heldout_fraction == 0.0:
             raise UserError("set heldout_data or a heldout_fraction > 0: L_ft needs held-out data")
-        if self.learning_rate <= 0:
-            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.warmup_steps < 0:
-            raise UserError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.eval_steps is not None:
-            bad = [s for s in self.eval_steps if s < 0 or s > self.max_steps]
+            bad = [s for s in self.eval_steps if s > self.max_steps]
             if bad:
                 raise UserError(f"eval_steps {bad} outside 0..max_steps ({self.max_steps})")
-        if self.eval_every is not None and self.eval_every <= 0:
-            raise UserError(f"eval_every must be positive, got {self.eval_every}")
-        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
-            raise UserError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
-        for name in ("forgetting_max_tokens", "heldout_max_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive (or null for all tokens)")
         if isinstance(self.target_modules, str) and not self.target_modules.strip():
             raise UserError("target_modules is empty")
-        return self
 
     # ------------------------------------------------------------------------------------
     def evaluation_steps(self) -> list[int]:
@@ -329,10 +343,6 @@ def _fields() -> dict[str, dataclasses.Field]:
 
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -504,9 +514,12 @@ def build_config(
     hints = _hints()
     kwargs: dict[str, Any] = {}
     base = Path(base_dir) if base_dir is not None else None
-    for mapping, anchor in ((values, base), (overrides, None)):
+    for mapping, anchor, origin in ((values, base, where), (overrides, None, "command line")):
         for key, raw in mapping.items():
-            value = _coerce(key, raw, hints[key])
+            try:
+                value = _coerce(key, raw, hints[key])
+            except UserError as exc:
+                raise UserError(f"{origin}: {exc}") from None
             if key in PATH_FIELDS and isinstance(value, str):
                 value = _resolve_path(key, value, anchor)
             kwargs[key] = value
@@ -517,7 +530,10 @@ def build_config(
         tm = tm[0]
     if tm is not None:
         kwargs["target_modules"] = tm
-    return TrainConfig(**kwargs).validate()
+    try:
+        return TrainConfig(**kwargs)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def load_config(
@@ -535,6 +551,8 @@ def load_config(
             raise UserError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not a text (YAML) config file") from None
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             at = f" (line {line + 1})" if line is not None else ""

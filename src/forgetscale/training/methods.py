@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from forgetscale.config import TrainConfig
+from forgetscale.config import TARGET_PRESETS, TrainConfig
 from forgetscale.errors import UserError
 
 _ATTENTION_HINTS = ("attn", "attention")
@@ -70,7 +70,7 @@ def resolve_targets(model: nn.Module, config: TrainConfig) -> tuple[list[str], l
     modules = linear_modules(model)
     leaves = sorted({m.leaf for m in modules})
     spec = config.target_modules
-    if isinstance(spec, str) and spec in ("attention", "mlp", "all-linear"):
+    if isinstance(spec, str) and spec in TARGET_PRESETS:
         groups = {"attention": {"attention"}, "mlp": {"mlp"}}.get(
             spec, {"attention", "mlp", "other"}
         )

@@ -240,7 +240,6 @@ def train(
         config = load_config(config, overrides or [])
     elif overrides:
         config = build_config(config.to_dict(), overrides=_as_dict(overrides))
-    config.validate()
     if log is None:
         log = _stderr
     return _Run(config, log).execute(restart=restart)
