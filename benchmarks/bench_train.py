@@ -41,13 +41,13 @@ def plain_peft_loop(config, batches: list[torch.Tensor]) -> float:
 
     from forgetscale.models import load_model, resolve_device
     from forgetscale.training.checkpoint import seed_everything
-    from forgetscale.training.methods import resolve_targets
+    from forgetscale.training.methods import resolve_target_modules
     from forgetscale.training.optim import make_scheduler
 
     device = resolve_device(config.device)
     loaded = load_model(config.model, dtype=config.dtype, device=device)
     model = loaded.model
-    targets, _ = resolve_targets(model, config)
+    targets, _ = resolve_target_modules(model, config)
     seed_everything(config.seed)
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
         warnings.simplefilter("ignore", FutureWarning)

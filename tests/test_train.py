@@ -21,7 +21,12 @@ from forgetscale.config import build_config
 from forgetscale.errors import UserError
 from forgetscale.store import EXPORT_COLUMNS, read_measurements
 from forgetscale.training import train
-from forgetscale.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgetscale.training.checkpoint import (
+    Progress,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from forgetscale.training.methods import apply_method
 from forgetscale.training.optim import batch_indices, lr_factor, make_optimizer, make_scheduler
 
@@ -228,8 +233,8 @@ def test_checkpoint_roundtrip_is_exact_and_pickle_free(
     for _ in range(3):
         model(input_ids=x, labels=x).loss.backward()
         opt.step(), sched.step(), opt.zero_grad()
-    save_checkpoint(tmp_path / "ck", 3, model, opt, sched, {"tokens_seen": 7})
-    assert latest_checkpoint(tmp_path / "ck").name == "step-000003"
+    save_checkpoint(tmp_path / "ck", "run-a", 3, model, opt, sched, Progress(tokens_seen=7))
+    assert latest_checkpoint(tmp_path / "ck", "run-a").name == "step-000003"
     files = sorted(p.name for p in (tmp_path / "ck" / "step-000003").iterdir())
     assert files == [
         "optimizer.safetensors",
@@ -243,7 +248,7 @@ def test_checkpoint_roundtrip_is_exact_and_pickle_free(
     opt2 = make_optimizer(params2, cfg)
     sched2 = make_scheduler(opt2, cfg)
     state = load_checkpoint(tmp_path / "ck" / "step-000003", model2, opt2, sched2)
-    assert state["progress"] == {"tokens_seen": 7}
+    assert state.progress == Progress(tokens_seen=7) and state.step == 3
     assert sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
     # one more identical step on both gives identical weights
     for m, o in ((model, opt), (model2, opt2)):
@@ -569,10 +574,10 @@ def test_forgetting_callback_in_trl_sft_trainer(workdir, tiny_model_dir, tmp_pat
 
 def test_a_run_cannot_be_trained_twice_at_once(workdir):
     from forgetscale.training.lock import RunLock
-    from forgetscale.training.run import checkpoint_dir
+    from forgetscale.training.run import lock_path
 
     cfg = _config(workdir, max_steps=1, eval_steps=[0, 1])
-    lock = RunLock(Path(str(checkpoint_dir(cfg)) + ".lock"), cfg.run_id)
+    lock = RunLock(lock_path(cfg), cfg.run_id)
     try:
         with pytest.raises(UserError, match="being trained by another process"):
             train(cfg)

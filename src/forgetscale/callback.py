@@ -89,15 +89,11 @@ class ForgettingCallback(TrainerCallback):
 
     # -- measuring ------------------------------------------------------------------------
     def _keys(self, result: Any, step: int) -> dict[str, float]:
+        """``forgetting_loss``, ``forgetting_loss_soft``, ``forgetting_kl``, ... (the schema's
+        forgetting columns under ``prefix``), the base's own value and the step."""
         p = self.prefix
-        return {
-            f"{p}loss": result.forgetting_loss,
-            f"{p}loss_soft": result.forgetting_loss_soft,
-            f"{p}kl": result.kl,
-            f"{p}agreement": result.agreement,
-            f"{p}step0": result.base_forgetting_loss,
-            f"{p}step": float(step),
-        }
+        entry = {f"{p}{k.removeprefix('forgetting_')}": v for k, v in result.metrics().items()}
+        return {**entry, f"{p}step0": result.base_forgetting_loss, f"{p}step": float(step)}
 
     def measure(self, model: Any, step: int, tokenizer: Any = None) -> dict[str, float]:
         """Measure ``model`` now; returns (and remembers) the log entries."""

@@ -187,17 +187,13 @@ class TrainConfig:
     layers: list[int] | None = _f(
         None, "Only adapt these transformer blocks (0-based indices); None = all.", ge=0
     )
-    top_k_layers: int = _f(
-        1, "top-layers method: unfreeze the top k transformer blocks.", ge=1
-    )
+    top_k_layers: int = _f(1, "top-layers method: unfreeze the top k transformer blocks.", ge=1)
 
     # --- optimisation ---------------------------------------------------------------
     optimizer: str = _f("adamw", "adamw or adafactor (the paper's).", choices=OPTIMIZERS)
     learning_rate: float = _f(1e-4, "Peak learning rate.", gt=0.0)
     weight_decay: float = _f(0.0, "Weight decay (AdamW / Adafactor).", ge=0.0)
-    max_grad_norm: float | None = _f(
-        1.0, "Gradient clipping norm (None = no clipping).", gt=0.0
-    )
+    max_grad_norm: float | None = _f(1.0, "Gradient clipping norm (None = no clipping).", gt=0.0)
     warmup_steps: int = _f(0, "Linear warm-up steps.", ge=0)
     schedule: str = _f(
         "constant",

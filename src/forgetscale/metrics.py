@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from forgetscale.errors import UserError
 from forgetscale.finetune_data import IGNORE_INDEX, Examples
 from forgetscale.reference import ReferenceCache, log_tail_mass
+from forgetscale.store import FORGETTING_COLUMNS
 
 
 @dataclass
@@ -72,6 +73,10 @@ class ForgettingResult:
     """Path of the reference file, when known."""
     most_forgotten: list[BlockReport] = field(default_factory=list)
     """The blocks with the largest mean KL, most forgotten first."""
+
+    def metrics(self) -> dict[str, float]:
+        """The forgetting columns of the measurement schema (see :mod:`forgetscale.store`)."""
+        return {name: getattr(self, name) for name in FORGETTING_COLUMNS}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -157,6 +157,104 @@ class ReferenceCache:
             raise UserError(f"could not read reference {path}: {exc}") from exc
         return cls(**tensors, fingerprint=json.loads(metadata["fingerprint"]))
 
+    @classmethod
+    def find_or_build(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        model_name: str,
+        corpus: str,
+        text_field: str = "text",
+        block_size: int,
+        max_tokens: int | None,
+        top_k: int,
+        batch_size: int,
+        path: str | os.PathLike[str] | None = None,
+        folder: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        log: Any = print,
+    ) -> tuple[ReferenceCache, Path]:
+        """The reference of ``model`` on ``corpus``: loaded when one matches, else built and saved.
+
+        The corpus is packed into blocks of ``block_size``; with ``max_tokens`` at most that
+        many tokens are kept, as evenly spaced blocks (the whole corpus, sampled). Without an
+        explicit ``path`` the file is ``folder/ref-<fingerprint hash>.safetensors``, so runs
+        of one base on one corpus share it. An explicit ``path`` built for another setting is
+        used as given (L_f is then measured on its blocks) and the difference is logged.
+        """
+        import hashlib
+
+        from forgetscale.corpus import corpus_hash, load_documents, pack_documents
+
+        docs = load_documents(corpus, text_field=text_field)
+        corpus_sha = corpus_hash(docs)
+        blocks = pack_documents(docs, tokenizer, block_size)
+        n_all = blocks.shape[0]
+        if max_tokens is not None:
+            n = max(1, min(n_all, max_tokens // block_size))
+            if n < n_all:
+                index = torch.linspace(0, n_all - 1, n).round().long().unique()
+                blocks = blocks[index]
+        want = {
+            "model": model_name,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "corpus": corpus_sha,
+            "block_size": block_size,
+            "top_k": top_k,
+            "n_blocks": int(blocks.shape[0]),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        }
+        explicit = path is not None
+        if path is None:
+            key = hashlib.sha256(
+                json.dumps(want, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()[:16]
+            path = Path(folder if folder is not None else ".") / f"ref-{key}.safetensors"
+        path = Path(path)
+        if path.is_file():
+            ref = cls.load(path)
+            ref.check_compatible(tokenizer, model)
+            fp = ref.fingerprint
+            have = {
+                "model": fp.get("model"),
+                "tokenizer": fp.get("tokenizer", {}).get("sha256"),
+                "corpus": fp.get("corpus", {}).get("sha256"),
+                "block_size": fp.get("block_size"),
+                "top_k": fp.get("top_k"),
+                "n_blocks": fp.get("n_blocks"),
+                "dtype": fp.get("dtype"),
+            }
+            if have == want:
+                log(f"reference: reusing {path} ({ref.n_blocks} blocks x {ref.block_size})")
+                return ref, path
+            if explicit:
+                differ = ", ".join(k for k in want if have[k] != want[k])
+                log(
+                    f"reference: {path} was built for another setting ({differ}); "
+                    "using it as given: L_f is measured on its blocks"
+                )
+                return ref, path
+            log(f"reference: {path} is stale; rebuilding")
+        log(
+            f"reference: building on {corpus} ({blocks.shape[0]} of {n_all} blocks "
+            f"x {block_size} tokens, top-{top_k}) -> {path}"
+        )
+        ref = build_reference(
+            model,
+            tokenizer,
+            blocks,
+            top_k=top_k,
+            batch_size=batch_size,
+            model_name=model_name,
+            corpus_source=corpus,
+            corpus_sha256=corpus_sha,
+            progress=progress,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ref.save(path)
+        return ref, path
+
     def describe(self) -> str:
         fp = self.fingerprint
         return (

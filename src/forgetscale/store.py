@@ -38,33 +38,47 @@ SCHEMA_VERSION = 1
 
 RUN_STATUSES = ("running", "finished", "diverged", "failed")
 
-METRIC_COLUMNS: tuple[str, ...] = (
-    "finetune_loss",
+
+@dataclass(frozen=True)
+class Column:
+    """One measured quantity: its name everywhere (store, export, the run's record)."""
+
+    name: str
+    sql: str
+    """SQLite column type."""
+    dtype: str
+    """pandas dtype in :func:`read_measurements`."""
+    help: str
+
+
+# The measurement schema: declared here once; the SQL table, the store's reads and writes,
+# the export columns, the training run's record and the callback's keys derive from it.
+MEASUREMENT_COLUMNS: tuple[Column, ...] = (
+    Column("finetune_loss", "REAL", "float64", "L_ft: cross-entropy on held-out task data"),
+    Column("forgetting_loss", "REAL", "float64", "hard L_f: mean -log q(base's top-1 token)"),
+    Column("forgetting_loss_soft", "REAL", "float64", "soft L_f: mean cross-entropy p -> q"),
+    Column("kl", "REAL", "float64", "mean KL(base || model) (top-K + lumped tail)"),
+    Column("base_entropy", "REAL", "float64", "mean entropy of the base (top-K + lumped tail)"),
+    Column("agreement", "REAL", "float64", "share of positions where top-1 is the base's"),
+    Column("train_loss", "REAL", "float64", "mean training loss since the last measurement"),
+    Column("tokens_seen", "INTEGER", "Int64", "training tokens seen so far"),
+    Column("wall_s", "REAL", "float64", "training wall time so far, in seconds"),
+)
+METRIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in MEASUREMENT_COLUMNS)
+FORGETTING_COLUMNS: tuple[str, ...] = (
     "forgetting_loss",
     "forgetting_loss_soft",
     "kl",
     "base_entropy",
     "agreement",
-    "train_loss",
-    "tokens_seen",
-    "wall_s",
 )
+"""The columns that :class:`forgetscale.metrics.ForgettingResult` fills."""
 
-EXPORT_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "method",
-    "rank",
-    "params_trained",
-    "step",
-    "finetune_loss",
-    "forgetting_loss",
-    "forgetting_loss_soft",
-    "kl",
-    "agreement",
-    "train_loss",
-    "tokens_seen",
-    "wall_s",
-)
+# Run columns joined to every measurement (P is ``params_trained``).
+_RUN_EXPORT = (("run_id", "m.run_id", "object"), ("method", "r.method", "object"),
+               ("rank", "r.rank", "Int64"), ("params_trained", "r.params_trained", "Int64"),
+               ("step", "m.step", "int64"))  # fmt: skip
+EXPORT_COLUMNS: tuple[str, ...] = (*(name for name, _, _ in _RUN_EXPORT), *METRIC_COLUMNS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -94,18 +108,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS measurements (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     step INTEGER NOT NULL,
-    finetune_loss REAL,
-    forgetting_loss REAL,
-    forgetting_loss_soft REAL,
-    kl REAL,
-    base_entropy REAL,
-    agreement REAL,
-    train_loss REAL,
-    tokens_seen INTEGER,
-    wall_s REAL,
+    {measurement_columns}
     PRIMARY KEY (run_id, step)
 );
-"""
+""".format(measurement_columns="".join(f"{c.name} {c.sql},\n    " for c in MEASUREMENT_COLUMNS))
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
+LOCK_WAIT_S = 30.0
+"""How long a write waits for another process's lock on the store before giving up."""
+
+
+def _store_error(path: Path, exc: sqlite3.OperationalError) -> UserError:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return UserError(
+            f"results store {path} is locked by another process (waited {LOCK_WAIT_S:.0f} s); "
+            "try again when that process is done"
+        )
+    return UserError(f"could not use results store {path}: {exc}")
+
+
 class ResultsStore:
     """A SQLite results file. Use as a context manager or call :meth:`close`."""
 
@@ -168,8 +187,16 @@ class ResultsStore:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30.0)
+            self.conn = sqlite3.connect(str(self.path), timeout=LOCK_WAIT_S)
             self.conn.execute("PRAGMA foreign_keys = ON")
+            tables = {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if (tables or not create) and not {"runs", "measurements"} <= tables:
+                raise UserError(
+                    f"{path} is not a forgetscale results store"
+                    + (f" (it holds the tables {', '.join(sorted(tables))})" if tables else "")
+                )
             if create:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.executescript(_SCHEMA)
@@ -178,13 +205,8 @@ class ResultsStore:
                     (str(SCHEMA_VERSION),),
                 )
                 self.conn.commit()
-            else:
-                tables = {
-                    r[0]
-                    for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                }
-                if not {"runs", "measurements"} <= tables:
-                    raise UserError(f"{path} is not a forgetscale results store")
+        except sqlite3.OperationalError as exc:
+            raise _store_error(self.path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{path} is not a SQLite results store ({exc})") from None
 
@@ -200,8 +222,11 @@ class ResultsStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.conn:  # commits, or rolls back on an exception
-            yield self.conn
+        try:
+            with self.conn:  # commits, or rolls back on an exception
+                yield self.conn
+        except sqlite3.OperationalError as exc:
+            raise _store_error(self.path, exc) from None
 
     # -- runs ------------------------------------------------------------------------
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -290,10 +315,6 @@ class ResultsStore:
                 (status, message, diverged_step, ended, last_step, run_id),
             )
 
-    def set_last_step(self, run_id: str, step: int) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE runs SET last_step=? WHERE id=?", (step, run_id))
-
     def delete_run(self, run_id: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM measurements WHERE run_id=?", (run_id,))
@@ -327,38 +348,16 @@ class ResultsStore:
         """Measurements joined with their run's method, rank and P (all runs by default)."""
         import pandas as pd
 
-        sql = (
-            "SELECT m.run_id, r.method, r.rank, r.params_trained, m.step, "
-            "m.finetune_loss, m.forgetting_loss, m.forgetting_loss_soft, m.kl, "
-            "m.agreement, m.train_loss, m.tokens_seen, m.wall_s "
-            "FROM measurements m JOIN runs r ON r.id = m.run_id"
-        )
+        select = [expr for _, expr, _ in _RUN_EXPORT] + [f"m.{c}" for c in METRIC_COLUMNS]
+        sql = f"SELECT {', '.join(select)} FROM measurements m JOIN runs r ON r.id = m.run_id"
         params: tuple = ()
         if run_id is not None:
             sql += " WHERE m.run_id = ?"
             params = (run_id,)
         sql += " ORDER BY r.started, m.run_id, m.step"
         df = pd.read_sql_query(sql, self.conn, params=params)
-        df = df.astype(
-            {
-                "rank": "Int64",
-                "params_trained": "Int64",
-                "step": "int64",
-                "tokens_seen": "Int64",
-                **{
-                    c: "float64"
-                    for c in (
-                        "finetune_loss",
-                        "forgetting_loss",
-                        "forgetting_loss_soft",
-                        "kl",
-                        "agreement",
-                        "train_loss",
-                        "wall_s",
-                    )
-                },
-            }
-        )
+        dtypes = {name: dtype for name, _, dtype in _RUN_EXPORT if dtype != "object"}
+        df = df.astype({**dtypes, **{c.name: c.dtype for c in MEASUREMENT_COLUMNS}})
         return df[list(EXPORT_COLUMNS)]
 
 

@@ -10,7 +10,9 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +103,47 @@ def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Progress:
+    """What a run has done so far that is not in the model or optimizer (checkpointed)."""
+
+    train_loss_sum: float = 0.0
+    """Sum of the per-update training losses since the last measurement."""
+    train_loss_count: int = 0
+    tokens_seen: int = 0
+    wall_s: float = 0.0
+    """Training wall time so far (resumed runs continue the count)."""
+
+    def mean_train_loss(self) -> float | None:
+        return self.train_loss_sum / self.train_loss_count if self.train_loss_count else None
+
+    def reset_train_loss(self) -> None:
+        self.train_loss_sum, self.train_loss_count = 0.0, 0
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint's step and progress (weights and states are already restored)."""
+
+    step: int
+    progress: Progress
+
+
+STATE_FILE = "state.json"
+_STEP = re.compile(r"^step-(\d{6,})$")
+_TMP = re.compile(r"^\.tmp-step-\d{6,}-\d+$")
+
+
 def save_checkpoint(
     directory: Path,
+    run_id: str,
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    progress: dict[str, Any],
+    progress: Progress,
 ) -> Path:
-    """Write ``directory/step-NNNNNN`` atomically, then drop older checkpoints."""
+    """Write ``directory/step-NNNNNN`` atomically, then drop this run's older checkpoints."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,40 +163,100 @@ def save_checkpoint(
     rng_tensors, rng_json = _rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     state = {
+        "run_id": run_id,
         "step": step,
         "optimizer": opt_json,
         "scheduler": sched_json,
         "rng": rng_json,
-        "progress": progress,
+        "progress": asdict(progress),
     }
-    with (tmp / "state.json").open("w") as fh:
+    with (tmp / STATE_FILE).open("w") as fh:
         json.dump(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in directory.glob("step-*"):
+    for old in _own_checkpoints(directory, run_id):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
+def _checkpoint_run_id(path: Path) -> str | None:
+    try:
+        return json.loads((path / STATE_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _own_checkpoints(directory: Path, run_id: str) -> list[Path]:
+    """This run's complete checkpoint folders in ``directory`` (others' are never touched)."""
+    if not directory.is_dir():
+        return []
+    return [
+        p
+        for p in directory.iterdir()
+        if _STEP.match(p.name) and p.is_dir() and _checkpoint_run_id(p) == run_id
+    ]
+
+
+def latest_checkpoint(directory: Path, run_id: str) -> Path | None:
+    """The newest checkpoint of run ``run_id`` in ``directory``.
+
+    Raises :class:`UserError` when ``directory`` holds checkpoints of another run (two
+    configs given one ``checkpoint_dir``): resuming from them would mix two runs.
+    """
     if not directory.is_dir():
         return None
-    complete = [p for p in directory.glob("step-*") if (p / "state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name[5:])) if complete else None
+    steps = [p for p in directory.iterdir() if _STEP.match(p.name) and p.is_dir()]
+    others = {_checkpoint_run_id(p) for p in steps} - {run_id}
+    if others:
+        owner = ", ".join(sorted(str(o) for o in others))
+        raise UserError(
+            f"checkpoint_dir {directory} holds checkpoints of another run ({owner}), not of "
+            f"run {run_id}: give each config its own checkpoint_dir"
+        )
+    return max(steps, key=lambda p: int(p.name[5:])) if steps else None
+
+
+def remove_checkpoints(directory: Path, run_id: str) -> None:
+    """Remove what this run wrote in ``directory`` (its checkpoints and unfinished temporary
+    folders), then the folder itself only if that left it empty: a user's files stay."""
+    for path in _own_checkpoints(directory, run_id):
+        shutil.rmtree(path, ignore_errors=True)
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if _TMP.match(path.name) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
 
 
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; returns its state."""
+) -> Checkpoint:
+    """Restore weights, optimizer, scheduler and RNG from ``path``.
+
+    A damaged checkpoint (truncated or edited files) is one :class:`UserError` line that says
+    ``--restart`` discards it.
+    """
     from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "trainable.safetensors"))
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        weights = load_file(str(path / "trainable.safetensors"))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        rng = load_file(str(path / "rng.safetensors"))
+        progress = Progress(**state["progress"])
+        step = int(state["step"])
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); "
+            "run again with --restart to discard it and start afresh"
+        ) from None
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing or set(weights) - set(params):
@@ -170,11 +264,18 @@ def load_checkpoint(
             f"checkpoint {path} does not match this run's trainable parameters; "
             "start afresh with --restart"
         )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(_optimizer_state_from_json(_join_state(state["optimizer"], tensors)))
-    scheduler.load_state_dict(_join_state(state["scheduler"], tensors))
-    _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
-    return state
+    try:
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(
+            _optimizer_state_from_json(_join_state(state["optimizer"], tensors))
+        )
+        scheduler.load_state_dict(_join_state(state["scheduler"], tensors))
+        _set_rng_state(rng, state["rng"])
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); "
+            "run again with --restart to discard it and start afresh"
+        ) from None
+    return Checkpoint(step, progress)

@@ -61,7 +61,9 @@ def linear_modules(model: nn.Module) -> list[LinearModule]:
     return out
 
 
-def resolve_targets(model: nn.Module, config: TrainConfig) -> tuple[list[str], list[LinearModule]]:
+def resolve_target_modules(
+    model: nn.Module, config: TrainConfig
+) -> tuple[list[str], list[LinearModule]]:
     """PEFT ``target_modules`` for the config's preset or names, restricted to ``layers``.
 
     Returns the names to give PEFT (leaf names when they are unambiguous, else full
@@ -116,7 +118,7 @@ def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
     if method in ("lora", "ia3"):
         from peft import IA3Config, LoraConfig, get_peft_model
 
-        targets, chosen = resolve_targets(model, config)
+        targets, chosen = resolve_target_modules(model, config)
         if method == "lora":
             peft_config = LoraConfig(
                 r=config.rank,

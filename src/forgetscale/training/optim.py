@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule and the order in which training examples are seen."""
+"""Optimizer, learning-rate schedule, and which training examples each update sees."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from forgetscale.config import TrainConfig
+from forgetscale.finetune_data import Examples
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -60,3 +61,44 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
         take = min(batch_size - len(out), n - offset)
         out.extend(perm[offset : offset + take].tolist())
     return torch.tensor(out, dtype=torch.long)
+
+
+class TrainingBatches:
+    """The training examples of a run, served as ``(input_ids, labels, attention_mask)`` on the
+    run's device; staged on an accelerator once when they fit (< 1 GiB)."""
+
+    def __init__(self, examples: Examples, device: torch.device):
+        self.examples = examples
+        self.device = device
+        mask = examples.attention_mask
+        self.row_tokens = None if mask is None else mask.sum(1)
+        tensors = [examples.input_ids, examples.labels] + ([] if mask is None else [mask])
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        self.staged = None
+        if device.type != "cpu" and size < 2**30:
+            self.staged = Examples(
+                examples.input_ids.to(device),
+                examples.labels.to(device),
+                None if mask is None else mask.to(device),
+            )
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def get(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.staged is not None:
+            part = self.staged.select(index.to(self.device))
+            return part.input_ids, part.labels, part.attention_mask
+        part = self.examples.select(index)
+        mask = part.attention_mask
+        return (
+            part.input_ids.to(self.device),
+            part.labels.to(self.device),
+            None if mask is None else mask.to(self.device),
+        )
+
+    def tokens(self, index: torch.Tensor, block_size: int) -> int:
+        """Training tokens in the examples ``index`` (padding excluded)."""
+        if self.row_tokens is None:
+            return len(index) * block_size
+        return int(self.row_tokens[index].sum())

@@ -1,34 +1,39 @@
 """One fine-tuning run that measures L_ft and L_f at scheduled steps (``forgetscale train``).
 
-The run, in order:
+The run, in order (read this file top to bottom; the pieces live beside it in
+:mod:`forgetscale.training` and the metrics in :mod:`forgetscale.metrics`):
 
-1. load the base model M and its tokenizer; read the task data (text blocks or chat
+1. check the outputs, open the results store and take the run's lock; a finished run
+   is not run again;
+2. load the base model M and its tokenizer; read the task data (text blocks or chat
    examples) and split off the held-out part for L_ft;
-2. find or build the reference cache of M on the forgetting corpus (before any
+3. find or build the reference cache of M on the forgetting corpus (before any
    adapter exists, so the base pass is M itself; one model in memory);
-3. put the method on M (LoRA / IA3 through PEFT, or unfreeze the top blocks or
+4. put the method on M (LoRA / IA3 through PEFT, or unfreeze the top blocks or
    everything), count P, record the run in the results store;
-4. step loop: at step 0 (M itself) and after each scheduled update, measure L_ft on
+5. step loop: at step 0 (M itself) and after each scheduled update, measure L_ft on
    held-out task data and L_f, soft L_f, KL and agreement against the cache; write
    the measurement, then a checkpoint.
 
 Resume: the run id is the hash of the resolved config. Started again after a crash
 or a SIGKILL, the run loads its latest complete checkpoint (trainable weights,
 optimizer and scheduler state, RNG states, the step, which fixes the data
-position) and continues; the measurements equal an uninterrupted run's. A
-finished run is not run again. Checkpoints are safetensors + JSON only: nothing
-is pickled.
+position) and continues; the measurements equal an uninterrupted run's.
 
 Divergence: a NaN or infinite loss stops the run and marks it ``diverged`` at that
 step; measurements taken before stay in the store.
+
+What the run deletes: only what it wrote (its checkpoints, its lock file); a user's files
+in ``checkpoint_dir`` or ``output_dir`` are never removed or overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -37,25 +42,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from forgetscale.config import TrainConfig, load_config, stable_json
+from forgetscale.config import TrainConfig, build_config, load_config, parse_overrides
 from forgetscale.errors import DivergedError, UserError
-from forgetscale.finetune_data import Examples, load_task_data
-from forgetscale.metrics import finetune_loss
-from forgetscale.models import resolve_device
+from forgetscale.finetune_data import load_task_data
+from forgetscale.metrics import evaluate_forgetting, finetune_loss
+from forgetscale.models import count_parameters, load_model, resolve_device
+from forgetscale.reference import ReferenceCache
+from forgetscale.store import ResultsStore, open_store
 from forgetscale.training.checkpoint import (
+    Progress,
     latest_checkpoint,
     load_checkpoint,
+    remove_checkpoints,
     save_checkpoint,
     seed_everything,
 )
 from forgetscale.training.lock import RunLock
-from forgetscale.training.methods import apply_method, resolve_targets
-from forgetscale.training.optim import batch_indices, make_optimizer, make_scheduler
+from forgetscale.training.methods import apply_method, resolve_target_modules
+from forgetscale.training.optim import (
+    TrainingBatches,
+    batch_indices,
+    make_optimizer,
+    make_scheduler,
+)
 
-# ------------------------------------------------------------------------------------------
-# results
+RUN_MARKER = "forgetscale-run.json"
+"""Written into ``output_dir`` with the saved weights: which run they came from."""
 
 
 @dataclass
@@ -103,109 +116,56 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------
-# the reference cache for a run
-
-
-def _reference_for_run(
-    config: TrainConfig,
-    model: nn.Module,
-    tokenizer: Any,
-    model_name: str,
-    log: Callable[[str], None],
-):
-    """Load the run's reference cache if its fingerprint matches, else build and save it."""
-    import hashlib
-
-    from forgetscale.corpus import corpus_hash, load_documents, pack_documents
-    from forgetscale.models import tokenizer_fingerprint
-    from forgetscale.reference import ReferenceCache, build_reference
-
-    block = config.forgetting_block_size or config.block_size
-    docs = load_documents(config.forgetting_data, text_field=config.text_field)
-    corpus_sha = corpus_hash(docs)
-    blocks = pack_documents(docs, tokenizer, block)
-    n_all = blocks.shape[0]
-    if config.forgetting_max_tokens is not None:
-        n = max(1, min(n_all, config.forgetting_max_tokens // block))
-        if n < n_all:  # evenly spaced blocks: the whole corpus, sampled
-            index = torch.linspace(0, n_all - 1, n).round().long().unique()
-            blocks = blocks[index]
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    want = {
-        "model": model_name,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "corpus": corpus_sha,
-        "block_size": block,
-        "top_k": config.reference_top_k,
-        "n_blocks": int(blocks.shape[0]),
-        "dtype": dtype,
-    }
-    if config.reference:
-        path = Path(config.reference)
-    else:
-        key = hashlib.sha256(stable_json(want).encode()).hexdigest()[:16]
-        folder = (
-            Path(config.reference_dir)
-            if config.reference_dir
-            else Path(config.store).parent / "references"
-        )
-        path = folder / f"ref-{key}.safetensors"
-    if path.is_file():
-        ref = ReferenceCache.load(path)
-        ref.check_compatible(tokenizer, model)
-        fp = ref.fingerprint
-        have = {
-            "model": fp.get("model"),
-            "tokenizer": fp.get("tokenizer", {}).get("sha256"),
-            "corpus": fp.get("corpus", {}).get("sha256"),
-            "block_size": fp.get("block_size"),
-            "top_k": fp.get("top_k"),
-            "n_blocks": fp.get("n_blocks"),
-            "dtype": fp.get("dtype"),
-        }
-        if have == want:
-            log(f"reference: reusing {path} ({ref.n_blocks} blocks x {ref.block_size})")
-            return ref, path
-        if config.reference:
-            differ = ", ".join(k for k in want if have[k] != want[k])
-            log(
-                f"reference: {path} was built for another setting ({differ}); "
-                "using it as given: L_f is measured on its blocks"
-            )
-            return ref, path
-        log(f"reference: {path} is stale; rebuilding")
-    log(
-        f"reference: building on {config.forgetting_data} ({blocks.shape[0]} of {n_all} blocks "
-        f"x {block} tokens, top-{config.reference_top_k}) -> {path}"
-    )
-    ref = build_reference(
-        model,
-        tokenizer,
-        blocks,
-        top_k=config.reference_top_k,
-        batch_size=config.eval_batch_size,
-        model_name=model_name,
-        corpus_source=config.forgetting_data,
-        corpus_sha256=corpus_sha,
-        progress=config.progress,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ref.save(path)
-    return ref, path
-
-
-# ------------------------------------------------------------------------------------------
-# the run
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+# where the run writes
 
 
 def checkpoint_dir(config: TrainConfig) -> Path:
+    """The run's checkpoint folder (default: ``<store>.checkpoints/<run id>``)."""
     if config.checkpoint_dir:
         return Path(config.checkpoint_dir)
     return Path(config.store + ".checkpoints") / config.run_id
+
+
+def lock_path(config: TrainConfig) -> Path:
+    """The run's lock file: one per (store, run), wherever its checkpoints go."""
+    store = Path(config.store)
+    return store.with_name(f".{store.name}.{config.run_id}.lock")
+
+
+def _check_outputs(config: TrainConfig) -> None:
+    """Fail before any work when an output cannot be written or would overwrite someone's."""
+    ck = checkpoint_dir(config)
+    if ck.exists() and not ck.is_dir():
+        raise UserError(f"checkpoint_dir {ck} is a file, not a folder")
+    if not config.output_dir:
+        return
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out} is a file, not a folder")
+    if out.is_dir():
+        saved = [n for n in ("adapter_config.json", "config.json") if (out / n).exists()]
+        owner = None
+        if (out / RUN_MARKER).is_file():
+            try:
+                owner = json.loads((out / RUN_MARKER).read_text()).get("run_id")
+            except (OSError, ValueError, AttributeError):
+                owner = None
+        if saved and owner != config.run_id:
+            raise UserError(
+                f"output_dir {out} already holds a model or adapter ({saved[0]}) that this run "
+                "did not write; choose another output_dir or remove it"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".forgetscale-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"output_dir {out} cannot be written ({exc.strerror or exc})") from None
+
+
+# ------------------------------------------------------------------------------------------
+# the entry point
 
 
 def train(
@@ -220,7 +180,8 @@ def train(
     Args:
         config: a :class:`TrainConfig`, a YAML file path, or a dict of config keys.
         overrides: ``--key=value`` strings or a dict applied on top.
-        restart: forget this config's earlier measurements and checkpoint first.
+        restart: discard this config's earlier measurements and checkpoint (once the new
+            run has loaded everything it needs, so a run that cannot start loses nothing).
         log: where the few status lines go (default: stderr; ``config.progress`` only
             switches the progress bars).
 
@@ -232,113 +193,84 @@ def train(
         >>> result = train("configs/smollm2-lora.yaml", overrides={"rank": 16})
         >>> result.status, result.measurements[-1]["forgetting_loss"]
     """
-    from forgetscale.config import build_config
-
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
     if isinstance(config, dict):
-        config = build_config(config, overrides=_as_dict(overrides))
+        config = build_config(config, overrides=overrides)
     elif not isinstance(config, TrainConfig):
-        config = load_config(config, overrides or [])
+        config = load_config(config, overrides or {})
     elif overrides:
-        config = build_config(config.to_dict(), overrides=_as_dict(overrides))
-    if log is None:
-        log = _stderr
-    return _Run(config, log).execute(restart=restart)
+        config = build_config(config.to_dict(), overrides=overrides)
+    log = log or _stderr
+    t_begin = time.perf_counter()
+    _check_outputs(config)
+    run_id, ck_dir = config.run_id, checkpoint_dir(config)
+    with open_store(config.store) as store:
+        lock = RunLock(lock_path(config), run_id)
+        try:
+            existing = store.get_run(run_id)
+            if not restart and existing is not None and existing.status in ("finished", "diverged"):
+                log(
+                    f"run {run_id} is already {existing.status} in {config.store} "
+                    "(same resolved config); nothing to do (use --restart to run it again)"
+                )
+                return TrainResult(
+                    run_id,
+                    existing.status,
+                    config.store,
+                    existing.last_step or 0,
+                    existing.params_trained,
+                    diverged_step=existing.diverged_step,
+                    message=existing.message,
+                )
+            run = _Run(config, log)
+            if restart:
+                store.delete_run(run_id)
+                remove_checkpoints(ck_dir, run_id)
+            result = run.execute(store, ck_dir)
+        finally:
+            lock.release()
+    if result.status != "running" and not config.keep_checkpoint:
+        remove_checkpoints(ck_dir, run_id)
+        try:  # the default parent <store>.checkpoints/ goes too once it is empty
+            if not config.checkpoint_dir:
+                ck_dir.parent.rmdir()
+        except OSError:
+            pass
+    result.wall_s = time.perf_counter() - t_begin
+    return result
 
 
-def _as_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    from forgetscale.config import parse_overrides
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    if overrides is None:
-        return {}
-    return dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
+
+# ------------------------------------------------------------------------------------------
+# the run
 
 
 class _Run:
+    """A run with everything loaded: model + method, data, reference, optimizer."""
+
     def __init__(self, config: TrainConfig, log: Callable[[str], None]):
-        self.config = config
+        cfg = self.config = config
         self.log = log
         self.run_id = config.run_id
-
-    # -- setup ------------------------------------------------------------------------------
-    def execute(self, *, restart: bool) -> TrainResult:
-        from forgetscale.store import open_store
-
-        cfg = self.config
-        t_begin = time.perf_counter()
-        self.ck_dir = checkpoint_dir(cfg)
-        with open_store(cfg.store) as store:
-            lock = RunLock(Path(str(self.ck_dir) + ".lock"), self.run_id)
-            try:
-                result = self._execute_locked(store, restart)
-            finally:
-                lock.release()
-            if result.status != "running" and not cfg.keep_checkpoint:
-                _remove_checkpoints(self.ck_dir)
-        result.wall_s = time.perf_counter() - t_begin
-        return result
-
-    def _execute_locked(self, store: Any, restart: bool) -> TrainResult:
-        cfg = self.config
-        existing = store.get_run(self.run_id)
-        if restart and existing is not None:
-            store.delete_run(self.run_id)
-            shutil.rmtree(self.ck_dir, ignore_errors=True)
-            existing = None
-        if existing is not None and existing.status in ("finished", "diverged"):
-            self.log(
-                f"run {self.run_id} is already {existing.status} in {cfg.store} "
-                "(same resolved config); nothing to do (use --restart to run it again)"
-            )
-            return TrainResult(
-                self.run_id,
-                existing.status,
-                cfg.store,
-                existing.last_step or 0,
-                existing.params_trained,
-                diverged_step=existing.diverged_step,
-                message=existing.message,
-            )
-        self._setup()
-        store.start_run(
-            self.run_id,
-            cfg.to_dict(),
-            method=cfg.method,
-            rank=cfg.rank if cfg.method == "lora" else None,
-            params_trained=self.counts.trainable_non_embedding,
-            params_embedding=self.counts.trainable_embedding + self.counts.trainable_head,
-            params_total=self.counts.total,
-            name=cfg.name,
-        )
-        self.store = store
-        try:
-            return self._loop()
-        except KeyboardInterrupt:
-            store.set_status(self.run_id, "failed", message="interrupted; run again to resume")
-            raise
-        except Exception as exc:
-            store.set_status(self.run_id, "failed", message=f"{type(exc).__name__}: {exc}")
-            raise
-
-    def _setup(self) -> None:
-        from forgetscale.models import count_parameters, load_model
-
-        cfg = self.config
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
         loaded = load_model(
             cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=self.device
         )
-        model, tokenizer = loaded.model, loaded.tokenizer
+        model, self.tokenizer = loaded.model, loaded.tokenizer
         model_name = cfg.model
         if cfg.adapter:
             from forgetscale.models import apply_adapter
 
             model = apply_adapter(model, cfg.adapter).merge_and_unload()
             model_name = f"{cfg.model}+{cfg.adapter}"
-        self.tokenizer = tokenizer
-        self.data = load_task_data(
+        data = load_task_data(
             cfg.task_data,
-            tokenizer,
+            self.tokenizer,
             block_size=cfg.block_size,
             fmt=cfg.task_format,
             text_field=cfg.text_field,
@@ -346,11 +278,12 @@ class _Run:
             heldout_source=cfg.heldout_data,
             heldout_fraction=cfg.heldout_fraction,
         )
-        self.heldout = self.data.heldout.limit_tokens(cfg.heldout_max_tokens)
+        self.data_format = data.format
+        self.heldout = data.heldout.limit_tokens(cfg.heldout_max_tokens)
         if cfg.method in ("lora", "ia3"):
-            resolve_targets(model, cfg)  # bad module names fail before any compute
-        self.reference, self.reference_path = _reference_for_run(
-            cfg, model, tokenizer, model_name, self.log
+            resolve_target_modules(model, cfg)  # bad module names fail before any compute
+        self.reference, self.reference_path = reference_for_config(
+            cfg, model, self.tokenizer, model_name, log
         )
         seed_everything(cfg.seed)  # adapter init does not depend on what ran before
         if cfg.gradient_checkpointing:
@@ -363,31 +296,51 @@ class _Run:
         with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
             warnings.simplefilter("ignore", FutureWarning)
             model = apply_method(model, cfg)
-        model.to(self.device)
-        self.model = model
-        self.counts = count_parameters(model)
+        self.model = model.to(self.device)
+        self.counts = count_parameters(self.model)
         if self.counts.trainable == 0:
             raise UserError("the method left no parameter to train")
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.batches = TrainingBatches(data.train, self.device)
         what = cfg.method
         if cfg.method == "lora":
             what += f" r={cfg.rank} alpha={cfg.alpha:g}{' rslora' if cfg.rslora else ''}"
         if cfg.method in ("lora", "ia3"):
             what += f" on {cfg.target_modules}"
-        self.log(
+        log(
             f"run {self.run_id}: {what}; {self.counts.describe()}; "
-            f"{len(self.data.train)} training and {len(self.heldout)} held-out "
-            f"{'blocks' if self.data.format == 'text' else 'examples'} of {cfg.block_size} tokens; "
+            f"{len(data.train)} training and {len(self.heldout)} held-out "
+            f"{'blocks' if data.format == 'text' else 'examples'} of {cfg.block_size} tokens; "
             f"L_f on {self.reference.positions:,} positions; "
             f"measuring at steps {cfg.evaluation_steps()}"
         )
 
-    # -- measurement --------------------------------------------------------------------------
-    def _measure(self, step: int, progress: dict[str, Any]) -> dict[str, Any]:
-        from forgetscale.metrics import evaluate_forgetting
+    def execute(self, store: ResultsStore, ck_dir: Path) -> TrainResult:
+        """Record the run in ``store`` and train it; a crash marks it failed there."""
+        cfg = self.config
+        store.start_run(
+            self.run_id,
+            cfg.to_dict(),
+            method=cfg.method,
+            rank=cfg.rank if cfg.method == "lora" else None,
+            params_trained=self.counts.trainable_non_embedding,
+            params_embedding=self.counts.trainable_embedding + self.counts.trainable_head,
+            params_total=self.counts.total,
+            name=cfg.name,
+        )
+        try:
+            return self._loop(store, ck_dir)
+        except KeyboardInterrupt:
+            store.set_status(self.run_id, "failed", message="interrupted; run again to resume")
+            raise
+        except Exception as exc:
+            store.set_status(self.run_id, "failed", message=f"{type(exc).__name__}: {exc}")
+            raise
 
+    def _measure(self, step: int, progress: Progress) -> dict[str, Any]:
+        """L_ft and the forgetting metrics now: one row of the measurement schema."""
         cfg = self.config
         l_ft = finetune_loss(self.model, self.heldout, batch_size=cfg.eval_batch_size)
         if not math.isfinite(l_ft):
@@ -398,79 +351,39 @@ class _Run:
             )
         except FloatingPointError as exc:
             raise DivergedError(str(exc)) from None
-        n = progress["train_loss_count"]
         return {
             "step": step,
             "finetune_loss": l_ft,
-            "forgetting_loss": forgetting.forgetting_loss,
-            "forgetting_loss_soft": forgetting.forgetting_loss_soft,
-            "kl": forgetting.kl,
-            "base_entropy": forgetting.base_entropy,
-            "agreement": forgetting.agreement,
-            "train_loss": progress["train_loss_sum"] / n if n else None,
-            "tokens_seen": progress["tokens_seen"],
-            "wall_s": progress["wall_s"],
+            **forgetting.metrics(),
+            "train_loss": progress.mean_train_loss(),
+            "tokens_seen": progress.tokens_seen,
+            "wall_s": progress.wall_s,
         }
 
-    # -- batches ---------------------------------------------------------------------------------
-    def _stage(self, train: Examples) -> None:
-        """Put the training examples on the device once when they fit (< 1 GiB)."""
-        self.row_tokens = None if train.attention_mask is None else train.attention_mask.sum(1)
-        tensors = [train.input_ids, train.labels] + (
-            [] if train.attention_mask is None else [train.attention_mask]
-        )
-        size = sum(t.numel() * t.element_size() for t in tensors)
-        self.staged = None
-        if self.device.type != "cpu" and size < 2**30:
-            self.staged = Examples(
-                train.input_ids.to(self.device),
-                train.labels.to(self.device),
-                None if train.attention_mask is None else train.attention_mask.to(self.device),
-            )
-        self.train_examples = train
-
-    def _batch(self, index: torch.Tensor):
-        if self.staged is not None:
-            part = self.staged.select(index.to(self.device))
-            return part.input_ids, part.labels, part.attention_mask
-        part = self.train_examples.select(index)
-        mask = part.attention_mask
-        return (
-            part.input_ids.to(self.device),
-            part.labels.to(self.device),
-            None if mask is None else mask.to(self.device),
-        )
-
-    # -- the loop -------------------------------------------------------------------------------
-    def _loop(self) -> TrainResult:
+    def _loop(self, store: ResultsStore, ck_dir: Path) -> TrainResult:
         from tqdm.auto import tqdm
 
-        cfg = self.config
-        store = self.store
+        cfg, run_id = self.config, self.run_id
         eval_steps = set(cfg.evaluation_steps())
         ck_steps = (
             set(range(cfg.checkpoint_every, cfg.max_steps, cfg.checkpoint_every))
             if cfg.checkpoint_every
             else {s for s in eval_steps if 0 < s < cfg.max_steps}
         )
-        measured = store.measured_steps(self.run_id)
-        progress = {"train_loss_sum": 0.0, "train_loss_count": 0, "tokens_seen": 0, "wall_s": 0.0}
-        start = 0
-        resumed_from = None
-        ck = latest_checkpoint(self.ck_dir)
+        measured = store.measured_steps(run_id)
+        progress, start, resumed_from = Progress(), 0, None
+        ck = latest_checkpoint(ck_dir, run_id)
         if ck is not None:
             state = load_checkpoint(ck, self.model, self.optimizer, self.scheduler)
-            start = int(state["step"])
-            progress = state["progress"]
-            resumed_from = start
-            self.log(f"run {self.run_id}: resuming from the checkpoint at step {start}")
+            start, progress, resumed_from = state.step, state.progress, state.step
+            self.log(f"run {run_id}: resuming from the checkpoint at step {start}")
         elif measured:
             self.log(
-                f"run {self.run_id}: earlier measurements but no checkpoint; "
+                f"run {run_id}: earlier measurements but no checkpoint; "
                 "starting from step 0 (measured steps are not written twice)"
             )
         result = TrainResult(
-            self.run_id,
+            run_id,
             "running",
             cfg.store,
             start,
@@ -479,27 +392,25 @@ class _Run:
             resumed_from=resumed_from,
         )
         micro = cfg.batch_size // cfg.grad_accumulation
-        train = self.data.train
-        self._stage(train)
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
-        wall_base = progress["wall_s"] - time.perf_counter()
+        wall_base = progress.wall_s - time.perf_counter()
         latest_lf = None
 
         def measure(step: int) -> None:
             nonlocal latest_lf
             t0 = time.perf_counter()
-            progress["wall_s"] = wall_base + t0
+            progress.wall_s = wall_base + t0
             row = self._measure(step, progress)
-            store.add_measurement(self.run_id, step, {k: v for k, v in row.items() if k != "step"})
+            store.add_measurement(run_id, step, {k: v for k, v in row.items() if k != "step"})
             result.measurements.append(row)
             latest_lf = row["forgetting_loss"]
-            progress["train_loss_sum"], progress["train_loss_count"] = 0.0, 0
+            progress.reset_train_loss()
             result.eval_s += time.perf_counter() - t0
 
         bar = tqdm(
             total=cfg.max_steps,
             initial=start,
-            desc=f"train {self.run_id[:8]}",
+            desc=f"train {run_id[:8]}",
             unit="step",
             disable=not cfg.progress,
             dynamic_ncols=True,
@@ -515,19 +426,15 @@ class _Run:
             t_loop, eval_before, ck_before = time.perf_counter(), result.eval_s, result.checkpoint_s
             for step in range(start, cfg.max_steps):
                 at = step + 1  # the update being made (for a divergence report)
-                index = batch_indices(step, len(train), cfg.batch_size, cfg.seed)
+                index = batch_indices(step, len(self.batches), cfg.batch_size, cfg.seed)
                 losses = []
                 for m in range(cfg.grad_accumulation):
                     sub = index[m * micro : (m + 1) * micro]
-                    ids, labels, mask = self._batch(sub)
+                    ids, labels, mask = self.batches.get(sub)
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                     (loss / cfg.grad_accumulation).backward()
                     losses.append(loss.detach().float())
-                    progress["tokens_seen"] += (
-                        len(sub) * cfg.block_size
-                        if self.row_tokens is None
-                        else int(self.row_tokens[sub].sum())
-                    )
+                    progress.tokens_seen += self.batches.tokens(sub, cfg.block_size)
                 if cfg.max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     losses.append(norm.float())
@@ -544,22 +451,21 @@ class _Run:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum = sum(values[: cfg.grad_accumulation])
-                train_loss = loss_sum / cfg.grad_accumulation
-                progress["train_loss_sum"] += train_loss
-                progress["train_loss_count"] += 1
+                train_loss = sum(values[: cfg.grad_accumulation]) / cfg.grad_accumulation
+                progress.train_loss_sum += train_loss
+                progress.train_loss_count += 1
                 done = step + 1
                 result.steps = done
                 if done in eval_steps:
                     if done in measured:  # measured before a crash: not written twice
-                        progress["train_loss_sum"], progress["train_loss_count"] = 0.0, 0
+                        progress.reset_train_loss()
                     else:
                         at = done
                         measure(done)
                 if done in ck_steps:
                     t0 = time.perf_counter()
-                    progress["wall_s"] = wall_base + t0
-                    save_checkpoint(self.ck_dir, done, model, optimizer, scheduler, progress)
+                    progress.wall_s = wall_base + t0
+                    save_checkpoint(ck_dir, run_id, done, model, optimizer, scheduler, progress)
                     result.checkpoint_s += time.perf_counter() - t0
                 bar.update(1)
                 postfix = {"loss": f"{train_loss:.3f}"}
@@ -573,33 +479,55 @@ class _Run:
                 - (result.checkpoint_s - ck_before)
             )
         except DivergedError as exc:
-            step_at = at
             bar.close()
-            store.set_status(self.run_id, "diverged", message=str(exc), diverged_step=step_at)
+            store.set_status(run_id, "diverged", message=str(exc), diverged_step=at)
             self.log(
-                f"run {self.run_id}: DIVERGED at step {step_at} ({exc}); "
-                f"{len(store.measured_steps(self.run_id))} earlier measurements kept"
+                f"run {run_id}: DIVERGED at step {at} ({exc}); "
+                f"{len(store.measured_steps(run_id))} earlier measurements kept"
             )
-            result.status, result.diverged_step, result.message = "diverged", step_at, str(exc)
+            result.status, result.diverged_step, result.message = "diverged", at, str(exc)
             return result
         finally:
             bar.close()
-        store.set_status(self.run_id, "finished", last_step=cfg.max_steps)
+        store.set_status(run_id, "finished", last_step=cfg.max_steps)
         result.status = "finished"
         if cfg.output_dir:
-            out = Path(cfg.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(out)
-            self.tokenizer.save_pretrained(out)
-            self.log(
-                f"run {self.run_id}: saved the trained {'adapter' if cfg.method in ('lora', 'ia3') else 'model'} to {out}"
-            )
+            self._save_output(Path(cfg.output_dir))
         return result
 
+    def _save_output(self, out: Path) -> None:
+        cfg = self.config
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / RUN_MARKER).write_text(json.dumps({"run_id": self.run_id, "store": cfg.store}))
+        what = "adapter" if cfg.method in ("lora", "ia3") else "model"
+        self.log(f"run {self.run_id}: saved the trained {what} to {out}")
 
-def _remove_checkpoints(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
-    try:  # the default parent <store>.checkpoints/ goes too once it is empty
-        directory.parent.rmdir()
-    except OSError:
-        pass
+
+def reference_for_config(
+    config: TrainConfig, model: Any, tokenizer: Any, model_name: str, log: Callable[[str], None]
+) -> tuple[ReferenceCache, Path]:
+    """The run's reference cache (see :meth:`ReferenceCache.find_or_build`): the file named
+    by ``reference``, else one named by its fingerprint in ``reference_dir`` (default: a
+    ``references`` folder beside the store). A sweep calls this once before its runs."""
+    folder = (
+        Path(config.reference_dir)
+        if config.reference_dir
+        else Path(config.store).parent / "references"
+    )
+    return ReferenceCache.find_or_build(
+        model,
+        tokenizer,
+        model_name=model_name,
+        corpus=config.forgetting_data,
+        text_field=config.text_field,
+        block_size=config.forgetting_block_size or config.block_size,
+        max_tokens=config.forgetting_max_tokens,
+        top_k=config.reference_top_k,
+        batch_size=config.eval_batch_size,
+        path=config.reference,
+        folder=folder,
+        progress=config.progress,
+        log=log,
+    )
