@@ -107,3 +107,28 @@ def general_jsonl(tmp_path_factory) -> Path:
         for key in sorted(topics)[40:52]:
             fh.write(json.dumps({"text": topics[key][:1500]}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def task_jsonl(tmp_path_factory) -> Path:
+    """Task text, {"text": ...} per line: pydoc topics other than the general corpus's."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("task") / "task.jsonl"
+    with path.open("w") as fh:
+        for key in sorted(topics)[:30]:
+            fh.write(json.dumps({"text": topics[key][:1200]}) + "\n")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_model_dir, task_jsonl, general_jsonl) -> Path:
+    """A folder holding the shipped minimal config and the files it names (the cwd)."""
+    from helpers import MINIMAL
+
+    (tmp_path / "tiny-model").symlink_to(tiny_model_dir, target_is_directory=True)
+    (tmp_path / "task.jsonl").write_text(task_jsonl.read_text())
+    (tmp_path / "general.jsonl").write_text(general_jsonl.read_text())
+    (tmp_path / "run.yaml").write_text(MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -130,6 +130,7 @@ class Checkpoint:
 
 
 STATE_FILE = "state.json"
+_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", STATE_FILE)
 _STEP = re.compile(r"^step-(\d{6,})$")
 _TMP = re.compile(r"^\.tmp-step-\d{6,}-\d+$")
 
@@ -175,6 +176,12 @@ def save_checkpoint(
         fh.flush()
         os.fsync(fh.fileno())
     if final.exists():
+        if not (_checkpoint_run_id(final) == run_id or _is_partial(final)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(
+                f"checkpoint_dir {directory} already holds {final.name}, which this run did not "
+                "write: give the run a checkpoint_dir of its own"
+            )
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in _own_checkpoints(directory, run_id):
@@ -188,6 +195,16 @@ def _checkpoint_run_id(path: Path) -> str | None:
         return json.loads((path / STATE_FILE).read_text()).get("run_id")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _is_partial(path: Path) -> bool:
+    """A checkpoint folder whose deletion was cut short: only our file names, no state file."""
+    return (
+        bool(_STEP.match(path.name))
+        and path.is_dir()
+        and not (path / STATE_FILE).exists()
+        and {f.name for f in path.iterdir()} <= set(_FILES)
+    )
 
 
 def _own_checkpoints(directory: Path, run_id: str) -> list[Path]:
@@ -209,7 +226,12 @@ def latest_checkpoint(directory: Path, run_id: str) -> Path | None:
     """
     if not directory.is_dir():
         return None
-    steps = [p for p in directory.iterdir() if _STEP.match(p.name) and p.is_dir()]
+    # a folder without its state file is one this run was deleting when it was killed
+    steps = [
+        p
+        for p in directory.iterdir()
+        if _STEP.match(p.name) and p.is_dir() and (p / STATE_FILE).is_file()
+    ]
     others = {_checkpoint_run_id(p) for p in steps} - {run_id}
     if others:
         owner = ", ".join(sorted(str(o) for o in others))
@@ -227,7 +249,7 @@ def remove_checkpoints(directory: Path, run_id: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     if directory.is_dir():
         for path in directory.iterdir():
-            if _TMP.match(path.name) and path.is_dir():
+            if _is_partial(path) or (_TMP.match(path.name) and path.is_dir()):
                 shutil.rmtree(path, ignore_errors=True)
     try:
         directory.rmdir()
