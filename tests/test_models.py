@@ -6,7 +6,7 @@ import pytest
 from peft import LoraConfig, get_peft_model
 
 from forgetscale.errors import UserError
-from forgetscale.models import count_parameters, linear_module_names, load_model
+from forgetscale.models import count_parameters, load_model
 
 
 def test_load_local_folder_and_adapter(tiny_model_dir, tiny_lora_dir):
@@ -64,5 +64,7 @@ def test_trained_embeddings_are_reported_outside_p(tiny_model_dir):
 
 
 def test_linear_module_names(tiny_model_dir):
-    names = linear_module_names(load_model(str(tiny_model_dir)).model)
+    from forgetscale.training.methods import linear_modules
+
+    names = sorted({m.leaf for m in linear_modules(load_model(str(tiny_model_dir)).model)})
     assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]

@@ -43,11 +43,6 @@ class Examples:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    @property
-    def target_tokens(self) -> int:
-        """Number of predicted positions with a target (labels shifted by one)."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
-
     def select(self, index: torch.Tensor | slice) -> Examples:
         return Examples(
             self.input_ids[index],

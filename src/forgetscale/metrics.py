@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from forgetscale.errors import UserError
 from forgetscale.finetune_data import IGNORE_INDEX, Examples
+from forgetscale.models import dtype_name, evaluation_mode
 from forgetscale.reference import ReferenceCache, log_tail_mass
 from forgetscale.store import FORGETTING_COLUMNS
 
@@ -178,11 +179,9 @@ def evaluate_forgetting(
     n_blocks, positions = reference.n_blocks, reference.block_size - 1
     vocab = reference.fingerprint.get("vocab_size")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     acc = ForgettingAccumulator(n_blocks)
     bar = tqdm(total=n_blocks * positions, unit="tok", desc="measure", disable=not progress)
-    try:
+    with evaluation_mode(model), bar:
         for start in range(0, n_blocks, batch_size):
             stop = min(start + batch_size, n_blocks)
             batch = reference.input_ids[start:stop].to(device=device, dtype=torch.long)
@@ -193,9 +192,6 @@ def evaluate_forgetting(
             }
             acc.add(start, forgetting_terms(logits, ref))
             bar.update((stop - start) * positions)
-    finally:
-        bar.close()
-        model.train(was_training)
     values = {
         "hard": acc.hard / acc.tokens,
         "soft": acc.soft / acc.tokens,
@@ -248,10 +244,8 @@ def _most_forgotten(
 def finetune_loss(model: nn.Module, heldout: Examples, *, batch_size: int) -> float:
     """Token-weighted mean next-token cross-entropy on held-out task data (L_ft)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with evaluation_mode(model):
         for start in range(0, len(heldout), batch_size):
             part = heldout.select(slice(start, start + batch_size))
             ids = part.input_ids.to(device)
@@ -266,8 +260,6 @@ def finetune_loss(model: nn.Module, heldout: Examples, *, batch_size: int) -> fl
             )
             total += float(loss.double())
             count += int((labels != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
     return total / max(count, 1)
 
 
@@ -331,7 +323,7 @@ def measure(
         model, tokenizer = loaded.model, loaded.tokenizer
     if tokenizer is not None:
         reference.check_compatible(tokenizer, model)
-    model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    model_dtype = dtype_name(model)
     ref_dtype = reference.fingerprint.get("dtype")
     if ref_dtype and model_dtype != ref_dtype:
         warnings.warn(

@@ -15,12 +15,14 @@ trained, in which case they are reported separately.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,19 +285,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct leaf names of the model's linear layers, excluding the output head.
+def dtype_name(model: nn.Module) -> str:
+    """The model's parameter dtype as a config spells it (``float32``, ``bfloat16``)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
-    These are the names PEFT's ``target_modules`` accepts (``q_proj``, ``up_proj``, ...).
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names: set[str] = set()
-    for full_name, module in model.named_modules():
-        if module is head:
-            continue
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-            names.add(full_name.rsplit(".", 1)[-1])
-    return sorted(names)
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` for the block, then the training mode it had before."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)

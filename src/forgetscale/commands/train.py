@@ -46,10 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from forgetscale.config import config_help, load_config, stable_json
-
-    if args.help_config:
-        print(config_help())
-        return 0
     from forgetscale.errors import UserError
 
     # Our own flags may also come after the config file, among the overrides.
