@@ -15,7 +15,7 @@ from forgetscale.config import (
 )
 from forgetscale.errors import UserError
 
-# the minimal config of issue 3, as shipped in configs/ (it must run as it is)
+# the minimal config as shipped in configs/ (it must run as it is)
 MINIMAL = (Path(__file__).resolve().parent.parent / "configs" / "minimal.yaml").read_text()
 
 
@@ -28,7 +28,7 @@ def _write(tmp_path, text=MINIMAL):
     return p
 
 
-def test_minimal_yaml_from_issue(tmp_path, monkeypatch):
+def test_shipped_minimal_yaml(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(_write(tmp_path))
     assert cfg.method == "lora" and cfg.rank == 4 and cfg.learning_rate == 1e-3

@@ -1,4 +1,4 @@
-"""Corpus loading and packing exactly as DESIGN.md defines them."""
+"""Corpus loading and packing exactly as docs/design.md defines them."""
 
 from __future__ import annotations
 

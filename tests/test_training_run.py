@@ -23,7 +23,7 @@ from forgetscale.store import EXPORT_COLUMNS, read_measurements
 from forgetscale.training import train
 
 # ------------------------------------------------------------------------------------------
-# the minimal config through the command line
+# the shipped minimal config through the command line
 
 
 def test_minimal_config_runs_and_rerun_writes_nothing(workdir, capsys):

@@ -1,4 +1,4 @@
-"""Corpora to documents, documents to token blocks (DESIGN.md, "Exact definitions").
+"""Corpora to documents, documents to token blocks (docs/design.md, "Exact definitions").
 
 A corpus *source* is one of:
 

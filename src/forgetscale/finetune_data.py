@@ -1,7 +1,7 @@
 """Task data for a fine-tuning run: plain text blocks or chat examples, and the held-out split.
 
 Plain text (``{"text": ...}`` JSONL, .txt, parquet, a folder, an embedded corpus)
-is packed into blocks exactly as the forgetting corpus is (DESIGN.md: each
+is packed into blocks exactly as the forgetting corpus is (docs/design.md: each
 document without special tokens + EOS, concatenated, cut into blocks of T tokens,
 the final partial block dropped); every token is a target.
 

@@ -8,7 +8,7 @@ A model spec is one of:
   converted once to a cached safetensors checkpoint),
 - a Hugging Face hub id (needs a network).
 
-Parameter counting follows DESIGN.md: P is the number of *trainable*
+Parameter counting follows docs/design.md: P is the number of *trainable*
 parameters, excluding the token embeddings and the output head unless those are
 trained, in which case they are reported separately.
 """
