@@ -100,3 +100,36 @@ def test_write_table(tmp_path):
     assert list(back_csv.columns) == list(EXPORT_COLUMNS) == list(back_pq.columns)
     assert back_csv.forgetting_loss.tolist() == df.forgetting_loss.tolist()  # full precision
     assert back_pq.finetune_loss.tolist() == df.finetune_loss.tolist()
+
+
+def test_downstream_rows_are_written_once_and_read_back(tmp_path):
+    from forgetscale.store import DOWNSTREAM_EXPORT_COLUMNS
+
+    with open_store(tmp_path / "r.db") as store:
+        store.start_run("r1", {"model": "m"}, method="lora", rank=4, params_trained=10)
+        rows = [
+            {
+                "suite": "probe",
+                "metric": "acc",
+                "value": 0.5,
+                "n": 200,
+                "ci_low": 0.43,
+                "ci_high": 0.57,
+            },
+            {
+                "suite": "probe",
+                "metric": "agreement",
+                "value": 1.0,
+                "n": 200,
+                "ci_low": 0.98,
+                "ci_high": 1.0,
+            },
+        ]
+        assert store.add_downstream("r1", 0, rows) == 2
+        assert store.add_downstream("r1", 0, rows) == 0
+        df = store.downstream()
+        assert list(df.columns) == list(DOWNSTREAM_EXPORT_COLUMNS)
+        assert df.value.tolist() == [0.5, 1.0] and df.n.tolist() == [200, 200]
+        assert store.downstream_steps("r1") == {0}
+        store.delete_run("r1")
+        assert store.downstream().empty

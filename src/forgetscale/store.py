@@ -23,7 +23,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,21 @@ _RUN_EXPORT = (("run_id", "m.run_id", "object"), ("method", "r.method", "object"
                ("step", "m.step", "int64"))  # fmt: skip
 EXPORT_COLUMNS: tuple[str, ...] = (*(name for name, _, _ in _RUN_EXPORT), *METRIC_COLUMNS)
 
+# Downstream suites (knowledge, refusals ...), long format: one row per run, step, suite, metric.
+DOWNSTREAM_COLUMNS: tuple[Column, ...] = (
+    Column("suite", "TEXT NOT NULL", "object", "suite name, e.g. probe:pydoc-cloze"),
+    Column("metric", "TEXT NOT NULL", "object", "metric name, e.g. acc, refusal_rate"),
+    Column("value", "REAL", "float64", "the metric's value"),
+    Column("n", "INTEGER", "Int64", "items behind the value"),
+    Column("ci_low", "REAL", "float64", "lower end of its 95% interval"),
+    Column("ci_high", "REAL", "float64", "upper end of its 95% interval"),
+)
+DOWNSTREAM_EXPORT_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "step",
+    *(c.name for c in DOWNSTREAM_COLUMNS),
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -111,7 +126,16 @@ CREATE TABLE IF NOT EXISTS measurements (
     {measurement_columns}
     PRIMARY KEY (run_id, step)
 );
-""".format(measurement_columns="".join(f"{c.name} {c.sql},\n    " for c in MEASUREMENT_COLUMNS))
+CREATE TABLE IF NOT EXISTS downstream (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    {downstream_columns}
+    PRIMARY KEY (run_id, step, suite, metric)
+);
+""".format(
+    measurement_columns="".join(f"{c.name} {c.sql},\n    " for c in MEASUREMENT_COLUMNS),
+    downstream_columns="".join(f"{c.name} {c.sql},\n    " for c in DOWNSTREAM_COLUMNS),
+)
 
 
 @dataclass(frozen=True)
@@ -318,6 +342,7 @@ class ResultsStore:
     def delete_run(self, run_id: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM measurements WHERE run_id=?", (run_id,))
+            c.execute("DELETE FROM downstream WHERE run_id=?", (run_id,))
             c.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
     # -- measurements ------------------------------------------------------------------
@@ -339,6 +364,41 @@ class ResultsStore:
                 (int(step), run_id),
             )
         return cur.rowcount == 1
+
+    def add_downstream(self, run_id: str, step: int, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Record downstream results after ``step`` updates (rows with the
+        :data:`DOWNSTREAM_COLUMNS`); returns how many were new (a row is written once)."""
+        names = [c.name for c in DOWNSTREAM_COLUMNS]
+        added = 0
+        with self._tx() as c:
+            for row in rows:
+                unknown = set(row) - set(names)
+                if unknown:
+                    raise ValueError(f"unknown downstream columns: {sorted(unknown)}")
+                cur = c.execute(
+                    f"INSERT OR IGNORE INTO downstream (run_id, step, {', '.join(names)}) "
+                    f"VALUES ({', '.join('?' for _ in range(len(names) + 2))})",
+                    [run_id, int(step), *(_clean(row.get(k)) for k in names)],
+                )
+                added += cur.rowcount
+        return added
+
+    def downstream_steps(self, run_id: str) -> set[int]:
+        rows = self.conn.execute("SELECT DISTINCT step FROM downstream WHERE run_id=?", (run_id,))
+        return {int(r[0]) for r in rows}
+
+    def downstream(self, run_id: str | None = None) -> pd.DataFrame:
+        """Downstream results in long format (:data:`DOWNSTREAM_EXPORT_COLUMNS`)."""
+        import pandas as pd
+
+        sql = f"SELECT {', '.join(DOWNSTREAM_EXPORT_COLUMNS)} FROM downstream"
+        params: tuple = ()
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            params = (run_id,)
+        sql += " ORDER BY run_id, step, suite, metric"
+        df = pd.read_sql_query(sql, self.conn, params=params)
+        return df.astype({"step": "int64", **{c.name: c.dtype for c in DOWNSTREAM_COLUMNS}})
 
     def measured_steps(self, run_id: str) -> set[int]:
         rows = self.conn.execute("SELECT step FROM measurements WHERE run_id=?", (run_id,))
