@@ -51,7 +51,9 @@ def test_folders_and_missing_folders_are_refused(tmp_path):
 
 def test_unwritable_folder_is_found_before_any_work(tmp_path):
     with readonly_folder(tmp_path / "ro") as folder:
-        with pytest.raises(UserError, match=r"cannot write --out .*x\.csv: .*(read-only|permission)"):
+        with pytest.raises(
+            UserError, match=r"cannot write --out .*x\.csv: .*(read-only|permission)"
+        ):
             check_output(folder / "x.csv")
 
 
