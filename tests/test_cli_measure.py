@@ -163,14 +163,25 @@ def test_reference_out_that_is_an_input_is_refused(tiny_model_dir, general_jsonl
 
 
 def test_reference_on_a_full_disk_is_one_line_and_leaves_nothing(
-    tiny_model_dir, general_jsonl, tmp_path, capsys
+    tiny_model_dir, general_jsonl, tmp_path, capsys, monkeypatch
 ):
     from filesystems import full_disk
+
+    import forgetscale.paths
+    import forgetscale.reference
+
+    def no_base_pass(*args, **kwargs):
+        raise AssertionError("the base pass ran though its file cannot be written")
 
     with full_disk(tmp_path / "full") as folder:
         out = folder / "r.safetensors"
         argv = ["reference", "--model", str(tiny_model_dir), "--data", str(general_jsonl),
                 "--block-size", "64", "--top-k", "16", "--no-progress", "--out", str(out)]  # fmt: skip
+        with monkeypatch.context() as m:  # the size is known before the base pass
+            m.setattr(forgetscale.reference, "build_reference", no_base_pass)
+            one_line_error(capsys, argv, f"cannot write --out {out}: it needs about")
+        # a disk that fills up while the reference is built: the write fails cleanly
+        monkeypatch.setattr(forgetscale.paths, "check_space", lambda *a, **k: None)
         one_line_error(capsys, argv, f"cannot write reference {out}: the disk is full")
         assert os.listdir(folder) == ["filler"]
 
@@ -326,6 +337,16 @@ def test_a_model_with_non_finite_outputs_is_one_line(nan_model_dir, tiny_referen
     # the precision warning of bfloat16 is held back: the error line comes alone
     err = one_line_error(capsys, [*argv, "--dtype", "bfloat16", "--no-progress"], "not finite")
     assert "warning" not in err
+
+
+def test_a_base_model_with_non_finite_outputs_builds_no_reference(
+    nan_model_dir, general_jsonl, tmp_path, capsys
+):
+    out = tmp_path / "r.safetensors"
+    argv = ["reference", "--model", str(nan_model_dir), "--data", str(general_jsonl),
+            "--block-size", "64", "--top-k", "4", "--no-progress", "--out", str(out)]  # fmt: skip
+    one_line_error(capsys, argv, "the base model's outputs are not finite")
+    assert os.listdir(tmp_path) == []
 
 
 def test_measure_json_is_strict_json(tiny_model_dir, tiny_lora_dir, tiny_reference, capsys):

@@ -102,14 +102,15 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
     if (out_dir / ".complete").exists():
         return out_dir
-    log.warning("converting %s to safetensors (once) in %s", gguf, out_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
     except Exception as exc:  # transformers raises many types for bad files
-        raise UserError(f"could not read GGUF file {gguf}: {exc}") from exc
+        raise UserError(f"could not read GGUF file {gguf}: {_first_line(exc)}") from exc
+    # said once the file is known to be readable: no note precedes its error line
+    log.warning("converting %s to safetensors (once) in %s", gguf, out_dir)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -27,6 +27,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -185,6 +186,35 @@ def check_output(
     with suppress(OSError):
         os.unlink(probe)
     return path
+
+
+def check_space(path: StrPath, needed: int, *, what: str = "--out") -> None:
+    """Refuse, before the work, an output of about ``needed`` bytes that cannot fit.
+
+    The free space of the folder ``path`` goes to (or its nearest existing parent) is
+    compared with ``needed``; a write can still fail later (another writer fills the
+    disk), which :func:`atomic_output` reports as one line.
+    """
+    folder = Path(path).expanduser().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if needed > free:
+        raise UserError(
+            f"cannot write {what} {path}: it needs about {_size(needed)} and the disk has "
+            f"{_size(free)} free"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:

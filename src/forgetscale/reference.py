@@ -332,6 +332,12 @@ class ReferenceCache:
         ref.save(path)
         return ref, path
 
+    @staticmethod
+    def file_size(n_blocks: int, block_size: int, top_k: int) -> int:
+        """Bytes of the tensors of a reference of this shape (the file adds a small header)."""
+        positions = n_blocks * (block_size - 1)
+        return 4 * n_blocks * block_size + positions * (4 * 4 + 8 * top_k)
+
     def describe(self) -> str:
         fp = self.fingerprint
         return (
@@ -444,6 +450,12 @@ def build_reference(
     finally:
         bar.close()
         model.train(was_training)
+    broken = sum(int((~torch.isfinite(out[name])).sum()) for name in ("target_logprob", "entropy"))
+    if broken:
+        raise UserError(
+            f"the base model's outputs are not finite on {broken} of {n_blocks * positions} "
+            "positions: its weights may be broken, or bfloat16 may overflow (try --dtype float32)"
+        )
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     fingerprint = {
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),

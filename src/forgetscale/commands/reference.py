@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from forgetscale.corpus import load_corpus, pack_documents
     from forgetscale.errors import UserError
-    from forgetscale.models import load_model, max_context, resolve_device
-    from forgetscale.paths import check_output
-    from forgetscale.reference import build_reference
+    from forgetscale.models import load_model, max_context, output_vocab_size, resolve_device
+    from forgetscale.paths import check_output, check_space
+    from forgetscale.reference import ReferenceCache, build_reference
 
     # before any work: where the result goes, and the device it is computed on
     out = check_output(args.out, inputs=(args.data, args.model), what="--out")
@@ -77,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
         blocks = pack_documents(corpus.documents, loaded.tokenizer, args.block_size)
         if args.max_blocks is not None:
             blocks = blocks[: args.max_blocks]
+        vocab = output_vocab_size(loaded.model)
+        if args.top_k > vocab:
+            raise UserError(
+                f"--top-k must be between 1 and the vocabulary size {vocab}, got {args.top_k}"
+            )
+        size = ReferenceCache.file_size(blocks.shape[0], blocks.shape[1], args.top_k)
+        check_space(out, size + (1 << 16))  # before the base pass, not after it
         cache = build_reference(
             loaded.model,
             loaded.tokenizer,
