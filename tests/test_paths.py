@@ -109,3 +109,21 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
     unrelated.write_bytes(b"")
     assert remove_stale_tmp(out) == [stale_path]
     assert not stale_path.exists() and live.exists() and unrelated.exists()
+
+
+def test_other_errors_are_not_dressed_as_user_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with atomic_output(tmp_path / "x.csv"):
+            pass  # a writer that wrote nothing is a bug, not the user's disk
+    with pytest.raises(ValueError, match="os error 2"):
+        with atomic_output(tmp_path / "x.csv"):
+            raise ValueError("something (os error 2)")
+    assert os.listdir(tmp_path) == []
+
+
+def test_check_space_compares_with_the_free_space(tmp_path):
+    from forgetscale.paths import check_space
+
+    check_space(tmp_path / "small.bin", 1024)
+    with pytest.raises(UserError, match=r"cannot write --out .*big\.bin: it needs about .* free"):
+        check_space(tmp_path / "not" / "yet" / "big.bin", 1 << 60)

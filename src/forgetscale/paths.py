@@ -47,6 +47,7 @@ _WRITE_ERRNOS = {
     errno.EPERM: "operation not permitted",
     errno.EROFS: "the file system is read-only",
     errno.EFBIG: "the file is too large for this file system",
+    errno.EIO: "an input/output error (a failing disk or a lost network mount)",
 }
 _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|\[errno (\d+)\]", re.IGNORECASE)
 
@@ -235,15 +236,16 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
 
 
 def write_error(exc: BaseException) -> OSError | None:
-    """The OS error behind ``exc``: an :class:`OSError`, or a library error whose text
-    names one (safetensors says ``... (os error 28)``, pyarrow ``[errno 28] ...``)."""
+    """The write error behind ``exc`` (full disk, permission, read-only file system, I/O):
+    an :class:`OSError`, or a library error whose text names one (safetensors says
+    ``... (os error 28)``, pyarrow ``[errno 28] ...``). ``None`` for anything else."""
     if isinstance(exc, OSError) and exc.errno is not None:
-        return exc
+        return exc if exc.errno in _WRITE_ERRNOS else None
     match = _OS_ERROR_IN_TEXT.search(str(exc))
     if match is None:
         return None
     code = int(match.group(1) or match.group(2))
-    return OSError(code, os.strerror(code))
+    return OSError(code, os.strerror(code)) if code in _WRITE_ERRNOS else None
 
 
 @contextmanager
@@ -271,7 +273,10 @@ def atomic_output(path: StrPath, *, what: str = "--out") -> Iterator[Path]:
                 raise
             raise UserError(f"cannot write {what} {path}: {_describe(os_error)}") from exc
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {path}: {_describe(exc)}") from None
     remove_stale_tmp(path)
     tmp = tmp_name(path)
     try:
