@@ -2,7 +2,7 @@
 
 The lock is real: a second process holds ``BEGIN EXCLUSIVE`` on the store. SQLite's
 busy timeout is shortened for the test by capping ``sqlite3.connect``'s
-``timeout`` (and ``forgetscale.store.LOCK_WAIT_S``, if the store names its wait).
+``timeout`` and ``forgetscale.store.LOCK_WAIT_S``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def short_wait(monkeypatch):
         return real_connect(*args, **kwargs)
 
     monkeypatch.setattr(store_module.sqlite3, "connect", connect)
-    monkeypatch.setattr(store_module, "LOCK_WAIT_S", WAIT_S, raising=False)
+    monkeypatch.setattr(store_module, "LOCK_WAIT_S", WAIT_S)
 
 
 @pytest.fixture
@@ -57,11 +57,6 @@ def locked_store(tmp_path):
         holder.wait(timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py (not this branch's): sqlite3's 'database is locked' is reported as "
-    "'is not a SQLite results store'; the fix is described in the inputs report",
-)
 def test_a_store_locked_past_the_wait_says_so(locked_store, short_wait):
     started = time.monotonic()
     with pytest.raises(UserError) as info:
