@@ -46,7 +46,7 @@ def argparse_error(capsys, argv, match):
         main(argv)
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and "Traceback" not in err, err
-    assert match in err.splitlines()[-1], err
+    assert len(err.splitlines()) == 1 and match in err, err
 
 
 def store_is_intact(path):

@@ -213,7 +213,7 @@ def argparse_error(capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2, err
     assert "Traceback" not in err
-    assert match in err.splitlines()[-1], err
+    assert len(err.splitlines()) == 1 and match in err, err
     return err
 
 
