@@ -53,6 +53,14 @@ def test_a_sound_reference_roundtrips(tmp_path):
     assert os.listdir(tmp_path) == ["r.safetensors"]
 
 
+def test_int64_and_float64_tensors_are_accepted_and_narrowed(tmp_path):
+    tensors = synthetic_tensors()
+    wide = {k: v.long() if k.endswith("ids") else v.double() for k, v in tensors.items()}
+    ref = ReferenceCache.load(write(tmp_path / "wide.safetensors", wide))
+    assert ref.topk_ids.dtype == torch.int32 and ref.entropy.dtype == torch.float32
+    assert torch.equal(ref.topk_ids, tensors["topk_ids"])
+
+
 def _set(name, index, value):
     def change(t):
         t = {k: v.clone() for k, v in t.items()}
@@ -85,6 +93,7 @@ DAMAGED_TENSORS = [
     ("flat top-k ids", _replace("topk_ids", lambda t: t[..., 0]), "topk_ids has shape [3, 11]"),
     ("top-k logprobs of another K", _replace("topk_logprobs", lambda t: t[..., :4]), "differ in shape"),
     ("1-d input ids", _replace("input_ids", lambda t: t.reshape(-1)), "input_ids has shape [36]"),
+    ("int64 id beyond int32", _replace("target_ids", lambda t: t.long() + 2**32), "target_ids holds token id 4294967"),
     ("float token ids", _replace("topk_ids", lambda t: t.float()), "topk_ids holds float32, not integer"),
     ("integer log-probs", _replace("entropy", lambda t: t.int()), "entropy holds int32, not float32"),
     ("half-precision log-probs", _replace("topk_logprobs", lambda t: t.half()), "topk_logprobs holds float16"),

@@ -182,12 +182,10 @@ class ReferenceCache:
             tensor = getattr(self, key)
             if tensor.dtype not in (torch.int32, torch.int64):
                 raise bad(f"{key} holds {_dtype(tensor)}, not integer token ids")
-            setattr(self, key, tensor.to(torch.int32))
         for key in FLOAT_TENSORS:
             tensor = getattr(self, key)
             if tensor.dtype not in (torch.float32, torch.float64):
                 raise bad(f"{key} holds {_dtype(tensor)}, not float32")
-            setattr(self, key, tensor.to(torch.float32))
         ids = self.input_ids
         if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
             raise bad(f"input_ids has shape {list(ids.shape)}, not [blocks >= 1, block size >= 2]")
@@ -233,6 +231,10 @@ class ReferenceCache:
             raise bad(f"tail_mass holds {low if low < 0 else high:g}, outside [0, 1]")
         if float(self.entropy.min()) < -LOGPROB_SLACK:
             raise bad(f"entropy holds {float(self.entropy.min()):g} (< 0)")
+        for key in INT_TENSORS:  # in range, so int32 holds them exactly
+            setattr(self, key, getattr(self, key).to(torch.int32))
+        for key in FLOAT_TENSORS:
+            setattr(self, key, getattr(self, key).to(torch.float32))
 
     @classmethod
     def find_or_build(
