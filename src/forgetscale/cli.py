@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from forgetscale import __version__
 from forgetscale.errors import UserError
@@ -40,8 +41,17 @@ pipeline:  reference -> measure | train -> runs/export -> fit -> predict/compare
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit code 2), like every other
+    error of the command line; the full usage is one ``--help`` away. Subcommand parsers
+    are of this class too (``add_subparsers`` makes them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="forgetscale",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -104,14 +104,15 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
     if (out_dir / ".complete").exists():
         return out_dir
-    log.warning("converting %s to safetensors (once) in %s", gguf, out_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
     except Exception as exc:  # transformers raises many types for bad files
-        raise UserError(f"could not read GGUF file {gguf}: {exc}") from exc
+        raise UserError(f"could not read GGUF file {gguf}: {_first_line(exc)}") from exc
+    # said once the file is known to be readable: no note precedes its error line
+    log.warning("converting %s to safetensors (once) in %s", gguf, out_dir)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -200,47 +201,120 @@ def load_model(
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    target = resolve_device(device)
     source = resolve_model_source(spec)
+    if Path(source).is_dir():
+        refuse_pickle_weights(Path(source), MODEL_WEIGHT_NAMES, what="model folder")
+    if adapter is not None:
+        check_adapter_folder(adapter)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+            source,
+            dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle a checkpoint (hub ids included)
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load model {spec}: {_first_line(exc)}") from exc
     if adapter is not None:
         model = apply_adapter(model, adapter)
-    model.to(resolve_device(device))
+    model.to(target)
     model.eval()
     return LoadedModel(model, tokenizer, spec, source, dtype, adapter)
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; anything else is checked and returned."""
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; anything else must exist here.
+
+    Refuses (one :class:`UserError` line) a name torch does not know, a device type
+    forgetscale does not run on, a CUDA or MPS device this machine does not have
+    and a CUDA index beyond the GPUs torch sees.
+    """
     if isinstance(name, torch.device):
         return name
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError, ValueError):
         raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for, but torch sees no CUDA GPU")
+    if device.type not in DEVICE_TYPES:
+        raise UserError(f"device {name!r} is not supported (use auto, cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} asked for, but torch sees no CUDA GPU on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"device {name} asked for, but this machine has {count} CUDA GPU"
+                f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+            )
+    if device.type == "mps":
+        if not _mps_available():
+            raise UserError(f"device {name} asked for, but torch sees no Apple MPS device here")
+        if device.index not in (None, 0):
+            raise UserError(f"device {name} asked for, but there is only one MPS device (mps)")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UserError(f"device {name!r} is not a device here (use cpu)")
     return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files in these formats are pickles: loading one runs code from the file."""
+MODEL_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+ADAPTER_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def refuse_pickle_weights(folder: Path, names: tuple[str, ...], *, what: str) -> None:
+    """Refuse a folder whose weights are only in a pickle format (we never unpickle).
+
+    A folder with any ``.safetensors`` file is fine (transformers and PEFT load
+    those first); one whose weight files are all pickles (``pytorch_model.bin``,
+    ``adapter_model.bin``, shards of them, ``.pt``/``.pth``/``.ckpt``) is refused
+    with a line that says how to convert it.
+    """
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    stems = tuple(Path(n).stem for n in names)
+    pickles = sorted(
+        p.name for p in files if p.suffix in PICKLE_SUFFIXES and p.name.startswith(stems)
+    )
+    if pickles:
+        raise UserError(
+            f"{what} {folder} holds only pickle-format weights ({', '.join(pickles[:3])}); "
+            "forgetscale never unpickles (a pickle can run code): convert them to safetensors, "
+            "e.g. load and save_pretrained(..., safe_serialization=True) in a trusted session"
+        )
+
+
+def check_adapter_folder(adapter: str) -> Path:
+    """The adapter folder, refused unless it has ``adapter_config.json`` and safetensors weights."""
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"adapter folder not found or has no adapter_config.json: {adapter}")
+    refuse_pickle_weights(path, ADAPTER_WEIGHT_NAMES, what="adapter folder")
+    return path
 
 
 def apply_adapter(model: nn.Module, adapter: str) -> nn.Module:
     """Put the PEFT adapter in folder ``adapter`` on ``model`` (refusing a mismatched one)."""
     from peft import PeftModel
 
-    path = Path(adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"adapter folder not found or has no adapter_config.json: {adapter}")
+    path = check_adapter_folder(adapter)
     try:
         return PeftModel.from_pretrained(model, str(path), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -361,3 +435,17 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         else:
             p_non_embedding += n
     return ParameterCount(p_non_embedding, p_embedding, p_head, p_trainable, p_total)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that can change a run's numbers."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("forgetscale", "torch", "transformers", "peft", "safetensors", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +39,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from forgetscale.errors import UserError
-from forgetscale.models import max_context, output_vocab_size, tokenizer_fingerprint
+from forgetscale.models import (
+    dtype_name,
+    evaluation_mode,
+    library_versions,
+    max_context,
+    output_vocab_size,
+    tokenizer_fingerprint,
+)
+from forgetscale.paths import atomic_output
 
 FORMAT = "forgetscale.reference/1"
 TENSOR_NAMES = (
@@ -52,6 +59,11 @@ TENSOR_NAMES = (
     "tail_mass",
     "entropy",
 )
+INT_TENSORS = ("input_ids", "target_ids", "topk_ids")
+FLOAT_TENSORS = ("target_logprob", "topk_logprobs", "tail_mass", "entropy")
+LOGPROB_SLACK = 1e-4
+"""Log-probabilities, entropies and tail masses may stray this far past their bounds
+(0, 0 and 1) by float32 rounding."""
 
 
 @dataclass
@@ -126,22 +138,21 @@ class ReferenceCache:
 
     # -- files ------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (temporary file + rename) as safetensors with a JSON fingerprint."""
+        """Write atomically (temporary file + rename) as safetensors with a JSON fingerprint.
+
+        Temporary files left by an earlier writer of ``path`` that was killed are removed.
+        """
         path = Path(path)
         tensors = {name: getattr(self, name).contiguous() for name in TENSOR_NAMES}
         metadata = {"format": FORMAT, "fingerprint": json.dumps(self.fingerprint)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_output(path, what="reference") as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceCache:
+        """Read a reference file, refusing one whose header or tensors are not what
+        :func:`build_reference` writes (see :meth:`validate`)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"reference file not found: {path}")
@@ -150,12 +161,87 @@ class ReferenceCache:
                 metadata = fh.metadata() or {}
                 if metadata.get("format") != FORMAT:
                     raise UserError(f"{path} is not a forgetscale reference ({FORMAT})")
+                fingerprint = _parse_fingerprint(path, metadata)
+                missing = [name for name in TENSOR_NAMES if name not in set(fh.keys())]
+                if missing:
+                    raise UserError(f"reference {path} lacks the tensor(s) {', '.join(missing)}")
                 tensors = {name: fh.get_tensor(name) for name in TENSOR_NAMES}
         except UserError:
             raise
         except Exception as exc:  # safetensors raises SafetensorError and others
-            raise UserError(f"could not read reference {path}: {exc}") from exc
-        return cls(**tensors, fingerprint=json.loads(metadata["fingerprint"]))
+            raise UserError(f"could not read reference {path}: {_first_line(exc)}") from exc
+        cache = cls(**tensors, fingerprint=fingerprint)
+        cache.validate(str(path))
+        return cache
+
+    def validate(self, name: str = "reference") -> None:
+        """Refuse tensors a measurement cannot trust: wrong dtypes or shapes, token ids
+        outside the vocabulary, non-finite or positive log-probabilities, tail masses
+        outside [0, 1], a negative entropy, or a header that disagrees with the tensors.
+
+        Integer tensors are stored as int32 and float tensors as float32 afterwards.
+        """
+
+        def bad(what: str) -> UserError:
+            return UserError(f"reference {name} is damaged: {what}")
+
+        for key in INT_TENSORS:
+            tensor = getattr(self, key)
+            if tensor.dtype not in (torch.int32, torch.int64):
+                raise bad(f"{key} holds {_dtype(tensor)}, not integer token ids")
+        for key in FLOAT_TENSORS:
+            tensor = getattr(self, key)
+            if tensor.dtype not in (torch.float32, torch.float64):
+                raise bad(f"{key} holds {_dtype(tensor)}, not float32")
+        ids = self.input_ids
+        if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+            raise bad(f"input_ids has shape {list(ids.shape)}, not [blocks >= 1, block size >= 2]")
+        n_blocks, positions = ids.shape[0], ids.shape[1] - 1
+        for key in ("target_ids", "target_logprob", "tail_mass", "entropy"):
+            shape = list(getattr(self, key).shape)
+            if shape != [n_blocks, positions]:
+                raise bad(f"{key} has shape {shape}, expected {[n_blocks, positions]}")
+        for key in ("topk_ids", "topk_logprobs"):
+            shape = list(getattr(self, key).shape)
+            if len(shape) != 3 or shape[:2] != [n_blocks, positions] or shape[2] < 1:
+                raise bad(f"{key} has shape {shape}, expected {[n_blocks, positions, 'K >= 1']}")
+        if self.topk_ids.shape != self.topk_logprobs.shape:
+            raise bad(
+                f"topk_ids {list(self.topk_ids.shape)} and topk_logprobs "
+                f"{list(self.topk_logprobs.shape)} differ in shape"
+            )
+        fp = self.fingerprint
+        vocab = fp.get("vocab_size")
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+            raise bad(f"its fingerprint has no valid vocab_size ({vocab!r})")
+        for key, have in (("block_size", self.block_size), ("top_k", self.top_k)):
+            if key in fp and fp[key] != have:
+                raise bad(f"its fingerprint says {key} {fp[key]!r}, the tensors have {have}")
+        if self.top_k > vocab:
+            raise bad(f"top-{self.top_k} exceeds its vocabulary of {vocab} tokens")
+        tokenizer_vocab = fp.get("tokenizer", {}).get("vocab_size")
+        input_vocab = max(vocab, tokenizer_vocab if isinstance(tokenizer_vocab, int) else 0)
+        for key, limit in (("input_ids", input_vocab), ("target_ids", vocab), ("topk_ids", vocab)):
+            tensor = getattr(self, key)
+            low, high = int(tensor.min()), int(tensor.max())
+            if low < 0 or high >= limit:
+                raise bad(f"{key} holds token id {low if low < 0 else high}, outside [0, {limit})")
+        for key in FLOAT_TENSORS:
+            if not bool(torch.isfinite(getattr(self, key)).all()):
+                raise bad(f"{key} holds NaN or infinite values")
+        for key in ("target_logprob", "topk_logprobs"):
+            high = float(getattr(self, key).max())
+            if high > LOGPROB_SLACK:
+                raise bad(f"{key} holds a log-probability of {high:g} (> 0)")
+        low, high = float(self.tail_mass.min()), float(self.tail_mass.max())
+        if low < 0 or high > 1 + LOGPROB_SLACK:
+            raise bad(f"tail_mass holds {low if low < 0 else high:g}, outside [0, 1]")
+        if float(self.entropy.min()) < -LOGPROB_SLACK:
+            raise bad(f"entropy holds {float(self.entropy.min()):g} (< 0)")
+        for key in INT_TENSORS:  # in range, so int32 holds them exactly
+            setattr(self, key, getattr(self, key).to(torch.int32))
+        for key in FLOAT_TENSORS:
+            setattr(self, key, getattr(self, key).to(torch.float32))
 
     @classmethod
     def find_or_build(
@@ -203,7 +289,7 @@ class ReferenceCache:
             "block_size": block_size,
             "top_k": top_k,
             "n_blocks": int(blocks.shape[0]),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "dtype": dtype_name(model),
         }
         explicit = path is not None
         if path is None:
@@ -255,6 +341,12 @@ class ReferenceCache:
         ref.save(path)
         return ref, path
 
+    @staticmethod
+    def file_size(n_blocks: int, block_size: int, top_k: int) -> int:
+        """Bytes of the tensors of a reference of this shape (the file adds a small header)."""
+        positions = n_blocks * (block_size - 1)
+        return 4 * n_blocks * block_size + positions * (4 * 4 + 8 * top_k)
+
     def describe(self) -> str:
         fp = self.fingerprint
         return (
@@ -264,33 +356,26 @@ class ReferenceCache:
         )
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
-    """Fail early (before any compute) if ``path`` cannot be written."""
-    path = Path(path).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {path}: folder {parent} does not exist")
+def _parse_fingerprint(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    text = metadata.get("fingerprint")
+    if text is None:
+        raise UserError(f"reference {path} has no fingerprint in its header")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from exc
-    os.close(fd)
-    os.unlink(tmp)
-    return path
+        fingerprint = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"reference {path} has a fingerprint that is not JSON ({exc})") from None
+    if not isinstance(fingerprint, dict):
+        raise UserError(f"reference {path} has a fingerprint that is not a JSON object")
+    return fingerprint
 
 
-def _library_versions() -> dict[str, str]:
-    import transformers
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
-    from forgetscale import __version__
 
-    return {
-        "forgetscale": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _model_config_sha(model: nn.Module) -> str:
@@ -326,6 +411,11 @@ def build_reference(
     """
     if blocks.dim() != 2 or blocks.shape[0] == 0:
         raise UserError("no token blocks to build a reference on")
+    if not isinstance(batch_size, int) or batch_size < 1:  # a batch of 0 or less would
+        # leave the output tensors as they were allocated: uninitialised memory
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    if blocks.shape[1] < 2:
+        raise UserError(f"block size must be at least 2 tokens, got {blocks.shape[1]}")
     n_blocks, block_size = blocks.shape
     vocab = output_vocab_size(model)
     if not 1 <= top_k <= vocab:
@@ -342,11 +432,9 @@ def build_reference(
         "tail_mass": torch.empty(n_blocks, positions, dtype=torch.float32),
         "entropy": torch.empty(n_blocks, positions, dtype=torch.float32),
     }
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     bar = tqdm(total=n_blocks * positions, unit="tok", desc="reference", disable=not progress)
-    try:
+    with evaluation_mode(model), bar:
         for start in range(0, n_blocks, batch_size):
             batch = blocks[start : start + batch_size].to(device)
             logits = model(input_ids=batch).logits[:, :-1, :vocab].float()
@@ -354,10 +442,13 @@ def build_reference(
             for name, value in stats.items():
                 out[name][start : start + batch.shape[0]] = value.cpu()
             bar.update(batch.shape[0] * positions)
-    finally:
-        bar.close()
-        model.train(was_training)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    broken = sum(int((~torch.isfinite(out[name])).sum()) for name in ("target_logprob", "entropy"))
+    if broken:
+        raise UserError(
+            f"the base model's outputs are not finite on {broken} of {n_blocks * positions} "
+            "positions: its weights may be broken, or bfloat16 may overflow (try --dtype float32)"
+        )
+    dtype = dtype_name(model)
     fingerprint = {
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
         "model_class": type(model).__name__,
@@ -374,7 +465,7 @@ def build_reference(
         "top_k": int(top_k),
         "n_blocks": int(n_blocks),
         "dtype": dtype,
-        "versions": _library_versions(),
+        "versions": library_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return ReferenceCache(input_ids=blocks.to(torch.int32).cpu(), **out, fingerprint=fingerprint)

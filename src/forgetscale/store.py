@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forgetscale.errors import UserError
+from forgetscale.models import library_versions
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -161,20 +162,6 @@ class RunRecord:
     started: float
     ended: float | None
     n_measurements: int = 0
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that can change a run's numbers."""
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in ("forgetscale", "torch", "transformers", "peft", "safetensors", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _clean(value: Any) -> Any:

@@ -1,8 +1,119 @@
-"""Argument groups shared by several subcommands (model and corpus selection)."""
+"""What several subcommands share: argument groups (model, corpus), the argparse
+types every numeric option goes through, JSON output and warning handling.
+
+Every numeric option is parsed by :func:`positive_int`, :func:`nonneg_int`,
+:func:`int_at_least` or :func:`finite_float`, so an out-of-range or non-finite
+number is refused by argparse (exit code 2, naming the option) before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# ------------------------------------------------------------------------------------------
+# numeric option types
+
+
+def int_at_least(low: int, what: str | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers ``>= low`` (``what`` words the rule)."""
+    rule = what or f"an integer of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+"""An argparse ``type``: an integer >= 1."""
+nonneg_int = int_at_least(0, "an integer >= 0")
+"""An argparse ``type``: an integer >= 0."""
+
+
+def finite_float(
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+    """An argparse ``type`` accepting finite floats in [low, high] (ends open if asked)."""
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    rule = f"a finite number in {left}{low:g}, {high:g}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text.strip()}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+# ------------------------------------------------------------------------------------------
+# output
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        try:
+            return json_safe(value.item())
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    """Strict JSON (NaN and infinities become null; never invalid JSON)."""
+    return json.dumps(json_safe(value), default=str, allow_nan=False)
+
+
+@contextmanager
+def deferred_warnings() -> Iterator[None]:
+    """Hold back warnings while a command works; show forgetscale's own only if it succeeds.
+
+    A warning printed and then followed by an error line would make the user read two
+    problems where there is one; library warnings (torch, transformers) are dropped,
+    as ``-v`` shows the library logs.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, UserWarning) and "forgetscale" in (w.filename or ""):
+            print(f"warning: {w.message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------
+# argument groups
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, adapter: bool = False) -> None:
@@ -33,7 +144,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, adapter: bool = Fals
         help="allow model code from the hub (off unless you ask)",
     )
     group.add_argument(
-        "--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)"
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="blocks per forward pass (default: %(default)s)",
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from forgetscale.store import RUN_STATUSES
+
 NAME = "export"
 HELP = "write the measurements of a results store as csv or parquet"
 DESCRIPTION = """\
@@ -30,15 +32,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status",
         default=None,
-        help="only runs with this status, e.g. finished (default: all runs)",
+        choices=RUN_STATUSES,
+        help="only runs with this status (default: all runs)",
     )
     parser.add_argument("--run", action="append", metavar="ID", help="only this run (repeatable)")
 
 
+def store_files(store: str) -> tuple[str, ...]:
+    """The results store and SQLite's files beside it (an output must replace none of them)."""
+    return (store, f"{store}-wal", f"{store}-shm", f"{store}-journal")
+
+
+def output_format(out: str | None, fmt: str | None) -> str:
+    if fmt is not None:
+        return fmt
+    return "parquet" if out is not None and out.lower().endswith(".parquet") else "csv"
+
+
 def run(args: argparse.Namespace) -> int:
     from forgetscale.errors import UserError
+    from forgetscale.paths import atomic_output, check_output
     from forgetscale.store import open_store, write_table
 
+    fmt = output_format(args.out, args.format)
+    out = None
+    if args.out is None:
+        if fmt == "parquet":
+            raise UserError("parquet needs --out FILE")
+    else:  # before reading anything
+        out = check_output(args.out, inputs=store_files(args.store), create_parents=True)
     with open_store(args.store, create=False) as store:
         df = store.measurements()
         if args.status:
@@ -49,11 +71,10 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise UserError(f"no measurements for run(s): {', '.join(sorted(missing))}")
         df = df[df.run_id.isin(args.run)]
-    if args.out is None:
-        if args.format == "parquet":
-            raise UserError("parquet needs --out FILE")
+    if out is None:
         df.to_csv(sys.stdout, index=False)
         return 0
-    fmt = write_table(df.reset_index(drop=True), args.out, args.format)
-    print(f"wrote {len(df)} measurements of {df.run_id.nunique()} runs to {args.out} ({fmt})")
+    with atomic_output(out) as tmp:
+        write_table(df.reset_index(drop=True), tmp, fmt)
+    print(f"wrote {len(df)} measurements of {df.run_id.nunique()} runs to {out} ({fmt})")
     return 0

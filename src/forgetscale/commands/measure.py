@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 
-from forgetscale.commands._common import add_model_arguments
+from forgetscale.commands._common import (
+    add_model_arguments,
+    deferred_warnings,
+    dumps_json,
+    nonneg_int,
+    positive_int,
+)
 
 NAME = "measure"
 HELP = "forgetting loss, KL and agreement of a model against a reference"
@@ -27,11 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, adapter=True)
     parser.add_argument("--reference", required=True, help="file from `forgetscale reference`")
     parser.add_argument(
-        "--max-blocks", type=int, help="measure only the first N blocks of the reference"
+        "--max-blocks",
+        type=positive_int,
+        metavar="N",
+        help="measure only the first N blocks of the reference",
     )
     parser.add_argument(
         "--show",
-        type=int,
+        type=nonneg_int,
         default=3,
         metavar="N",
         help="show the N most-forgotten blocks (largest KL) with their text (default: %(default)s)",
@@ -46,31 +54,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
+    from forgetscale.errors import UserError
     from forgetscale.metrics import measure
+    from forgetscale.models import resolve_device
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = measure(
-            args.model,
-            args.reference,
-            adapter=args.adapter,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            max_blocks=args.max_blocks,
-            report_blocks=args.show,
-            trust_remote_code=args.trust_remote_code,
-            device=args.device,
-            progress=not args.no_progress and not args.json,
-        )
-    import sys
-
-    for w in caught:
-        if issubclass(w.category, UserWarning) and "forgetscale" in (w.filename or ""):
-            print(f"warning: {w.message}", file=sys.stderr)
+    resolve_device(args.device)  # before any work
+    with deferred_warnings():
+        try:
+            result = measure(
+                args.model,
+                args.reference,
+                adapter=args.adapter,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                max_blocks=args.max_blocks,
+                report_blocks=args.show,
+                trust_remote_code=args.trust_remote_code,
+                device=args.device,
+                progress=not args.no_progress and not args.json,
+            )
+        except FloatingPointError as exc:
+            raise UserError(
+                f"the model's outputs are not finite on the reference's blocks ({exc}); "
+                "its weights may be broken, or bfloat16 may overflow: try --dtype float32"
+            ) from exc
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(dumps_json(result.as_dict()))
         return 0
     print(f"model      {args.model}" + (f" + adapter {args.adapter}" if args.adapter else ""))
     print(f"reference  {args.reference} ({result.tokens:,} predicted tokens)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+
+from forgetscale.commands._common import dumps_json
+from forgetscale.store import RUN_STATUSES
 
 NAME = "runs"
 HELP = "list the runs in a results store"
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--from", dest="store", required=True, metavar="STORE", help="results store (.db)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--status", help="only runs with this status (running, finished, ...)")
+    parser.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
 
 
 def _fmt(x: object, spec: str = ".4f") -> str:
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         for r in runs:
             rows = df[df.run_id == r.id].to_dict(orient="records")
             print(
-                json.dumps(
+                dumps_json(
                     {
                         "id": r.id,
                         "name": r.name,
@@ -64,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                         "ended": r.ended,
                         "versions": r.versions,
                         "measurements": len(rows),
-                    },
-                    default=str,
+                    }
                 )
             )
         return 0
