@@ -8,9 +8,16 @@ and ``kalajdzievski:news``).
 >>> from forgetscale.laws import fit_law, predict
 >>> fit = fit_law("runs.csv", "additive", target="forgetting_loss", n_boot=200)
 >>> predict(fit, params_trained=4e7, step=200)["forgetting_loss"]["value"]
+
+Importing this package registers the built-in laws and the presets, once, before
+any user code can look a law up or register its own
+(:func:`~forgetscale.laws.registry.register_law`); the registry itself imports
+nothing of the laws.
 """
 
 from forgetscale.laws.fitting import FitResult, fit_law, load_fit, predict
+from forgetscale.laws.library import BUILTIN_LAWS
+from forgetscale.laws.presets import PRESETS
 from forgetscale.laws.registry import (
     Law,
     Param,
@@ -21,6 +28,11 @@ from forgetscale.laws.registry import (
     register_law,
     register_preset,
 )
+
+for _law in BUILTIN_LAWS:
+    register_law(_law)
+for _law_name, _preset_name, _constants, _source in PRESETS:
+    register_preset(_preset_name, _law_name, _constants, _source)
 
 __all__ = [
     "FitResult",
