@@ -14,7 +14,9 @@ from forgetscale.cli import main
 from forgetscale.laws.presets import TABLE1
 from forgetscale.laws.synthetic import synthetic_runs
 
-FIT_KEYS = {"law", "target", "params", "ci", "r2", "rmse", "n_points", "converged", "holdout"}
+FIT_KEYS = {
+    "law", "target", "params", "ci", "r2", "rmse", "n_points", "converged", "holdout", "notes"
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +209,8 @@ def test_subprocess_fit_and_error(runs_csv, tmp_path):
 
 
 def test_fit_reads_a_results_store(tmp_path, capsys):
-    store = pytest.importorskip("forgetscale.store")
-    if not hasattr(store, "read_measurements") or not hasattr(store, "open_store"):
-        pytest.skip("forgetscale.store has no read_measurements/open_store yet (issue 3)")
+    from forgetscale import store
+
     df = _good()
     db = tmp_path / "results.db"
     with store.open_store(db) as s:

@@ -7,7 +7,7 @@ import pytest
 
 from forgetscale.errors import UserError
 from forgetscale.laws import fit_law, load_fit, predict
-from forgetscale.laws.fitting import compare_laws
+from forgetscale.laws.holdout import compare_laws
 from forgetscale.laws.synthetic import synthetic_runs
 
 P8 = [1e6 * 2**k for k in range(8)]
