@@ -45,8 +45,8 @@ class HoldoutEvaluation:
 
     Attributes:
         scheme: ``largest-P``, ``largest-N`` or ``runs`` (named run ids).
-        description: The held-out rows in words, e.g. "the runs with the largest P
-            (P = 6.4e+08: p5)".
+        description: The held-out rows in words, e.g. "the runs with the largest P,
+            P = 6.4e+08: p5".
         law: Registry name of the law.
         targets: The targets fitted and scored.
         fit: The fit on the in-sample rows (its ``holdout`` holds the same scores).

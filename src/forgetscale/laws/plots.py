@@ -87,7 +87,8 @@ def _plain_ticks(ax) -> None:
 
 def _scatter(ax, rows, x, y, colors, label_runs: bool = True) -> None:
     seen = set()
-    for (p, split), g in rows.groupby(["params_trained", "split"]):
+    groups = rows.groupby(["params_trained", "split"])
+    for (p, split), g in sorted(groups, key=lambda item: (item[0][0], item[0][1] != IN_SAMPLE)):
         c = colors[p]
         label = f"P = {p:.3g}" if label_runs and p not in seen else None
         seen.add(p)

@@ -35,7 +35,7 @@ def format_fit(fit: FitResult) -> str:
     lines.append(f"data: {fit.n_points} points from {fit.n_runs} runs ({excl})")
     if fit.holdout is not None:
         desc = fit.holdout.get("description") or "held out"
-        lines.append(f"held out: {fit.holdout['n_points']} points ({desc}), never fitted")
+        lines.append(f"held out (never fitted): {fit.holdout['n_points']} points, {desc}")
     status = "converged" if fit.converged else "NOT converged"
     lines.append(
         f"fit: {status}; Huber(delta=1e-3) on log residuals, L-BFGS-B from the best "

@@ -219,11 +219,11 @@ class Holdout:
         runs = ", ".join(sorted(np.unique(held.run_id)))
         if self.scheme == "largest-P":
             p = held.columns["params_trained"].max()
-            return f"the runs with the largest P (P = {p:.4g}: {runs})"
+            return f"the runs with the largest P, P = {p:.4g}: {runs}"
         if self.scheme == "largest-N":
             return (
-                f"the last {self.fraction:.0%} of the steps of every run "
-                f"(steps >= {held.columns['step'].min():g})"
+                f"the last {self.fraction:.0%} of the steps of every run, the earliest "
+                f"at step {held.columns['step'].min():g}"
             )
         return f"the runs {runs}"
 
