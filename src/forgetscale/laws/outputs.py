@@ -114,8 +114,8 @@ def check_output_file(
         replaceable: When ``path`` exists, it is replaced only if this says yes
             (e.g. "is an earlier fit"); ``what`` names what it should be.
     """
-    path = Path(path)
-    if str(path).endswith(os.sep) or path.name in ("", ".", ".."):
+    raw, path = str(path), Path(path)
+    if raw.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
         raise UserError(f"{option}: {path} names a folder, not a file")
     _check_target(path, option, inputs, replaceable, what)
     _check_room(path.parent if str(path.parent) else Path("."), option, size)
