@@ -432,3 +432,16 @@ def test_bootstrap_over_one_run_says_it_cannot_give_an_interval(runs_csv, tmp_pa
     assert main(["fit", "--from", str(path), "--law", "linear", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["ci"] == {} and any("only 1 run" in n for n in d["notes"])
+
+
+def test_fit_target_disagreement_from_the_agreement_column(tmp_path, capsys):
+    true = {"E": 0.3, "A": 10.0, "alpha": 0.2, "beta": 0.4}
+    P = [1e6 * 2**k for k in range(6)]
+    df = synthetic_runs("multiplicative", true, targets=["disagreement"], params_trained=P)
+    path = tmp_path / "agreement.csv"
+    df.to_csv(path, index=False)
+    args = ["fit", "--from", str(path), "--law", "multiplicative", "--target", "disagreement"]
+    assert main([*args, "--bootstrap", "0", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["target"] == "disagreement" and d["r2"] > 0.95
+    assert d["params"]["E"] == pytest.approx(0.3, rel=0.05)
