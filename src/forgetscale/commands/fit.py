@@ -22,13 +22,13 @@ laws:
   additive        L = E +/- (A P^-alpha + B N^-beta)                   (Chinchilla form)
   multiplicative  L = E +/- A P^-alpha N^-beta                         (Zhang et al. 2024)
   kalajdzievski   the paper's joint laws for L_ft and L_f (form reconstructed from
-                  its Table 1 constants); fits both targets, --target does not apply
+                  its Table 1 constants); fits both targets at once
   (+ for finetune_loss, which falls towards E; - for the forgetting targets
    forgetting_loss, forgetting_loss_soft, kl, disagreement, which rise)
 
-targets: finetune_loss, forgetting_loss (hard L_f, the paper's), forgetting_loss_soft,
-  kl, disagreement (= 1 - agreement). linear models a forgetting target against
-  finetune_loss; the power laws model any target in P and N.
+targets (--target; linear models a forgetting target against finetune_loss, the
+power laws model any target in P and N):
+{targets}
 
 Fitting: Huber loss (delta 1e-3) on log residuals, positive parameters in log
 space, L-BFGS-B from the best points of a vectorised grid of starts. Step 0 (the
@@ -39,7 +39,7 @@ examples:
   forgetscale fit --from results.db --law additive --target forgetting_loss --holdout largest-P
   forgetscale fit --from runs.csv --law multiplicative --target kl --holdout largest-N
   forgetscale fit --from runs.csv --law linear --json --save linear.json --plots figs/
-"""
+""".format(targets="\n".join(f"  {t.name:<21} {t.help}" for t in TARGETS.values()))
 
 
 def add_fit_data_arguments(parser: argparse.ArgumentParser, holdout_default=None) -> None:

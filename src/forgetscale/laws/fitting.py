@@ -171,7 +171,9 @@ class FitResult:
 # ------------------------------------------------------------------------ the fit
 
 
-def _grid(law: Law, columns: Mapping[str, np.ndarray], target: str | None) -> list[dict]:
+def start_points(law: Law, columns: Mapping[str, np.ndarray], target: str | None) -> list[dict]:
+    """The grid of starting points for a fit of ``law`` to ``columns`` (natural scale):
+    the law's ``grid_fn`` when it has one, else the product of its ``Param.grid``."""
     spec: Any = law.grid_fn(columns, target) if law.grid_fn else None
     if spec is None:
         spec = {p.name: p.grid for p in law.params}
@@ -189,7 +191,7 @@ def _quality(y: np.ndarray, yhat: np.ndarray) -> tuple[float, float]:
     return r2, float(np.sqrt(np.mean(resid**2)))
 
 
-def evaluate(law: Law, params: Mapping[str, float], data: FitData, targets) -> dict:
+def _evaluate(law: Law, params: Mapping[str, float], data: FitData, targets) -> dict:
     """R^2 and RMSE (loss scale) of ``law`` with ``params`` on ``data``, per target."""
     X = {v: data.columns[v] for v in law.variables}
     r2, rmse = {}, {}
@@ -225,7 +227,9 @@ def fit_data(
     Y = {t: data.columns[t] for t in targets}
     obj = Objective(law, targets, X, Y, delta)
     points = (
-        [init] if init is not None else _grid(law, data.columns, None if law.joint else targets[0])
+        [init]
+        if init is not None
+        else start_points(law, data.columns, None if law.joint else targets[0])
     )
     Z = np.array([obj.to_z(p) for p in points])
     Z = np.unique(Z, axis=0)
@@ -355,11 +359,11 @@ def fit_law(
     t0 = time.perf_counter()
     params, info, z = fit_data(spec, targets, train, n_starts=opts.n_starts, delta=opts.delta)
     seconds = {"fit": time.perf_counter() - t0}
-    quality = evaluate(spec, params, train, targets)
+    quality = _evaluate(spec, params, train, targets)
     holdout_quality = None
     if held is not None:
         assert isinstance(opts.holdout, Holdout)
-        holdout_quality = evaluate(spec, params, held, targets)
+        holdout_quality = _evaluate(spec, params, held, targets)
         holdout_quality["description"] = opts.holdout.describe(held)
     result = FitResult(
         law=spec.name,

@@ -66,7 +66,12 @@ TARGETS: dict[str, Target] = {
         Target("forgetting_loss", "L_f", True, "hard forgetting loss (the paper's L_f)"),
         Target("forgetting_loss_soft", "L_f soft", True, "soft forgetting loss"),
         Target("kl", "KL", True, "KL(base || model) on the forgetting corpus"),
-        Target("disagreement", "1 - agreement", True, "share of positions whose top-1 token moved"),
+        Target(
+            "disagreement",
+            "1 - agreement",
+            True,
+            "1 - agreement: share of positions whose top-1 token moved",
+        ),
     )
 }
 #: Columns a law may predict.
