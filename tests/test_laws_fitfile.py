@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from forgetscale.cli import main
+from forgetscale.errors import UserError
 from forgetscale.laws import fit_law, load_fit
-from forgetscale.laws.fitfile import is_fit_file
+from forgetscale.laws.fitting import is_fit_file
 from forgetscale.laws.synthetic import synthetic_runs
 
 
@@ -129,3 +130,15 @@ def test_saved_fit_is_strict_json_and_round_trips_nan(tmp_path, saved):
     back = load_fit(path)
     assert np.isnan(back.objective) and np.isnan(back.bootstrap[0, 0])
     assert is_fit_file(path) and not is_fit_file(tmp_path)
+
+
+def test_save_replaces_only_a_fit(tmp_path, saved):
+    orig = tmp_path / "orig.json"
+    orig.write_text(json.dumps(saved))
+    fit = load_fit(orig)
+    fit.save(orig)  # an earlier fit may be replaced
+    table = tmp_path / "runs.csv"
+    table.write_text("run_id,step\n")
+    with pytest.raises(UserError, match="runs.csv exists and is not a forgetscale fit"):
+        fit.save(table)
+    assert table.read_text() == "run_id,step\n"

@@ -116,8 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forgetscale.laws.fitfile import fit_file_bytes, is_fit_file
-    from forgetscale.laws.fitting import fit_law, resolve_fit_targets
+    from forgetscale.laws.fitting import fit_file_bytes, fit_law, is_fit_file, resolve_fit_targets
     from forgetscale.laws.options import FitOptions
     from forgetscale.laws.outputs import (
         StagedOutputs,

@@ -16,27 +16,8 @@ from typing import Any
 import numpy as np
 
 from forgetscale.errors import UserError
-from forgetscale.laws.fitting import FIT_FORMAT, FitResult
+from forgetscale.laws.fitting import FIT_FORMAT, MAX_FIT_BYTES, FitResult
 from forgetscale.laws.registry import Law, get_law
-
-#: Fit files larger than this are not fits (a bootstrap of 100,000 x 13 is ~30 MB).
-MAX_FIT_BYTES = 64 * 1024 * 1024
-
-
-def fit_file_bytes(law: Law, n_boot: int) -> int:
-    """About how many bytes a saved fit of ``law`` with ``n_boot`` resamples takes."""
-    return 16 * 1024 + n_boot * len(law.params) * 32
-
-
-def is_fit_file(path: Path) -> bool:
-    """``path`` holds a saved fit (so ``fit --save`` may replace it)."""
-    try:
-        if path.stat().st_size > MAX_FIT_BYTES:
-            return False
-        d = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and d.get("format") == FIT_FORMAT
 
 
 class _Fields:

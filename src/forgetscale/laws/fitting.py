@@ -23,6 +23,7 @@ can drive :func:`forgetscale.laws.prediction.predict`. Held-out evaluation is
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,30 @@ from forgetscale.laws._threads import single_blas_thread
 from forgetscale.laws.bootstrap import bootstrap_params
 from forgetscale.laws.objective import HUBER_DELTA, Objective
 from forgetscale.laws.options import FitOptions
-from forgetscale.laws.outputs import StagedOutputs, dumps, json_safe
+from forgetscale.laws.outputs import StagedOutputs, check_output_file, dumps, json_safe
 from forgetscale.laws.registry import Law, get_law
 from forgetscale.laws.table import FitData, Holdout, check_table, read_table, select_rows
 
 FIT_FORMAT = "forgetscale-fit/1"
 CI_LEVEL = 0.95
+#: Fit files larger than this are not fits (a bootstrap of 100,000 x 13 is ~30 MB).
+MAX_FIT_BYTES = 64 * 1024 * 1024
+
+
+def fit_file_bytes(law: Law, n_boot: int) -> int:
+    """About how many bytes a saved fit of ``law`` with ``n_boot`` resamples takes."""
+    return 16 * 1024 + n_boot * len(law.params) * 32
+
+
+def is_fit_file(path: Path) -> bool:
+    """``path`` holds a saved fit (so a new fit may replace it)."""
+    try:
+        if path.stat().st_size > MAX_FIT_BYTES:
+            return False
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and d.get("format") == FIT_FORMAT
 
 
 @dataclass
@@ -157,11 +176,15 @@ class FitResult:
         d, _ = json_safe(self.to_dict())
         return dumps(d, indent=1) + "\n"
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, *, option: str = "save") -> None:
         """Write the fit as JSON, atomically; :func:`~forgetscale.laws.fitfile.load_fit`
-        reads it back exactly."""
+        reads it back exactly. An existing file is replaced only if it is a fit."""
+        text = self.to_file_text()
+        check_output_file(
+            path, option, size=len(text), replaceable=is_fit_file, what="a forgetscale fit"
+        )
         with StagedOutputs() as out:
-            out.write_text(path, self.to_file_text(), "save")
+            out.write_text(path, text, option)
 
     def predict(self, target: str, **variables: Any) -> np.ndarray:
         """Evaluate the fitted law: ``fit.predict("forgetting_loss", params_trained=P, step=N)``."""

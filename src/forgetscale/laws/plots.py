@@ -25,7 +25,7 @@ import numpy as np
 
 from forgetscale.laws.fitting import FitResult, fit_data
 from forgetscale.laws.holdout import HELD_OUT, IN_SAMPLE, point_table
-from forgetscale.laws.outputs import StagedOutputs
+from forgetscale.laws.outputs import StagedOutputs, check_output_folder
 from forgetscale.laws.registry import get_law
 from forgetscale.laws.table import FitData, Holdout
 
@@ -113,6 +113,7 @@ def plot_fit(
 
     Nothing is written unless every file is (``option`` names the folder in errors).
     """
+    check_output_folder(outdir, option, figure_files(), size=FIGURES_BYTES)
     with StagedOutputs() as staged:
         stage_figures(fit, df, outdir, holdout, staged, option=option)
         return staged.commit()
