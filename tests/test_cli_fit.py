@@ -289,7 +289,7 @@ def test_save_and_plots_never_replace_the_results_store(results_store, capsys):
     before = results_store.read_bytes()
     base = ["fit", "--from", str(results_store), "--law", "linear", "--bootstrap", "0"]
     rc = main([*base, "--save", str(results_store)])
-    _one_line_error(capsys, rc, "--save: ")
+    _one_line_error(capsys, rc, "--save ")
     rc = main([*base, "--plots", str(results_store)])
     _one_line_error(capsys, rc, "is a file, not a folder")
     assert results_store.read_bytes() == before
@@ -302,10 +302,10 @@ def test_save_refuses_the_input_a_folder_and_a_file_that_is_no_fit(runs_csv, tmp
     notes.write_text("my notes")
     cases = {
         str(runs_csv): "is the input given to --from",
-        str(tmp_path): "is a folder, not a file",
+        str(tmp_path): "is a folder; give a file name",
         str(notes): "exists and is not a forgetscale fit; refusing to replace it",
         str(notes / "fit.json"): "is not a folder",
-        str(tmp_path / "new") + "/": "names a folder, not a file",
+        str(tmp_path / "new") + "/": "is a folder; give a file name",
     }
     for path, needle in cases.items():
         _one_line_error(capsys, main([*base, "--save", path]), needle)
@@ -344,9 +344,9 @@ def _forgetscale_env():
     [
         # a full disk: a 64 KiB file system, filled
         ("mount -t tmpfs -o size=64k tmpfs {d} && head -c 70000 /dev/zero 2>/dev/null > {d}/fill || true",
-         "--save: no room in"),
+         "the disk has 0 bytes free"),
         # a read-only file system: refused even for root
-        ("mount -t tmpfs -o ro tmpfs {d}", "--save: cannot write in"),
+        ("mount -t tmpfs -o ro tmpfs {d}", "the file system is read-only"),
     ],
 )  # fmt: skip
 def test_full_disk_and_read_only_refused_before_fitting(tmp_path, mount, needle):
@@ -384,7 +384,7 @@ def test_a_write_that_fails_after_the_fit_leaves_nothing(runs_csv, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--plots: cannot write" in lines[0] and "File too large" in lines[0]
+    assert len(lines) == 1 and "cannot write --plots" in lines[0] and "too large" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no fit.json, no figs, no tmp
 
 

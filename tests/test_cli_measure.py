@@ -167,7 +167,7 @@ def test_reference_on_a_full_disk_is_one_line_and_leaves_nothing(
 ):
     from filesystems import full_disk
 
-    import forgetscale.paths
+    import forgetscale.outputs
     import forgetscale.reference
 
     def no_base_pass(*args, **kwargs):
@@ -181,7 +181,7 @@ def test_reference_on_a_full_disk_is_one_line_and_leaves_nothing(
             m.setattr(forgetscale.reference, "build_reference", no_base_pass)
             one_line_error(capsys, argv, f"cannot write --out {out}: it needs about")
         # a disk that fills up while the reference is built: the write fails cleanly
-        monkeypatch.setattr(forgetscale.paths, "check_space", lambda *a, **k: None)
+        monkeypatch.setattr(forgetscale.outputs, "check_space", lambda *a, **k: None)
         one_line_error(capsys, argv, f"cannot write reference {out}: the disk is full")
         assert os.listdir(folder) == ["filler"]
 

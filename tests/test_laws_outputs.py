@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from forgetscale.errors import UserError
-from forgetscale.laws.outputs import (
-    StagedOutputs,
-    check_output_file,
-    check_output_folder,
-    json_safe,
-)
+from forgetscale.outputs import StagedOutputs, check_output, check_output_folder, json_safe
 from forgetscale.store import open_store
 
 
@@ -44,7 +39,7 @@ def test_staged_outputs_replace_all_files_or_none(tmp_path):
         tmp.write_text("partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(UserError, match="--out: cannot write .*b.txt: No space left on device"):
+    with pytest.raises(UserError, match="cannot write --out .*b.txt: the disk is full"):
         with StagedOutputs() as out:
             out.write_text(old, "new", "--out")
             out.write(tmp_path / "new" / "deeper" / "b.txt", full_disk, "--out")
@@ -69,27 +64,34 @@ def test_check_output_file_refuses_what_would_lose_data(tmp_path):
         store: "is a SQLite file",
         table: "is the input given to --from",
         other: "exists and is not a forgetscale fit",
-        tmp_path: "is a folder, not a file",
+        tmp_path: "is a folder; give a file name",
         tmp_path / "runs.csv" / "fit.json": "is not a folder",
     }
     for path, needle in cases.items():
         with pytest.raises(UserError, match=needle):
-            check_output_file(
-                path, "--save", inputs=inputs, replaceable=lambda p: False, what="a forgetscale fit"
+            check_output(
+                path,
+                what="--save",
+                inputs=inputs,
+                create_parents=True,
+                replaceable=lambda p: False,
+                replaceable_what="a forgetscale fit",
             )
     fresh = tmp_path / "new" / "fit.json"
-    assert check_output_file(fresh, "--save", inputs=inputs) == fresh
+    assert check_output(fresh, what="--save", inputs=inputs, create_parents=True) == fresh
     assert not (tmp_path / "new").exists()  # checking creates nothing
-    with pytest.raises(UserError, match="no room in .*bytes free"):
-        check_output_file(fresh, "--save", size=2**62)
+    with pytest.raises(UserError, match="it needs about .* free"):
+        check_output(fresh, what="--save", create_parents=True, needed=2**62)
 
 
 def test_check_output_folder(tmp_path):
     table = tmp_path / "figs" / "residuals.csv"
     table.parent.mkdir()
     table.write_text("x\n")
-    with pytest.raises(UserError, match="--plots: .*residuals.csv is the input given to --from"):
-        check_output_folder(table.parent, "--plots", ["residuals.csv"], inputs=[(table, "--from")])
+    with pytest.raises(UserError, match="--plots .*residuals.csv is the input given to --from"):
+        check_output_folder(
+            table.parent, ["residuals.csv"], inputs=[(table, "--from")], what="--plots"
+        )
     with pytest.raises(UserError, match="is a file, not a folder"):
-        check_output_folder(table, "--plots", ["a.png"])
-    assert check_output_folder(tmp_path / "new", "--plots", ["a.png"]) == tmp_path / "new"
+        check_output_folder(table, ["a.png"], what="--plots")
+    assert check_output_folder(tmp_path / "new", ["a.png"], what="--plots") == tmp_path / "new"

@@ -47,7 +47,7 @@ from forgetscale.models import (
     output_vocab_size,
     tokenizer_fingerprint,
 )
-from forgetscale.paths import atomic_output
+from forgetscale.outputs import atomic_output
 
 FORMAT = "forgetscale.reference/1"
 TENSOR_NAMES = (

@@ -9,13 +9,11 @@ number is refused by argparse (exit code 2, naming the option) before any work.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 # ------------------------------------------------------------------------------------------
 # numeric option types
@@ -73,27 +71,6 @@ def finite_float(
 
 # ------------------------------------------------------------------------------------------
 # output
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        try:
-            return json_safe(value.item())
-        except (TypeError, ValueError):
-            return value
-    return value
-
-
-def dumps_json(value: Any) -> str:
-    """Strict JSON (NaN and infinities become null; never invalid JSON)."""
-    return json.dumps(json_safe(value), default=str, allow_nan=False)
 
 
 @contextmanager

@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from forgetscale.errors import UserError
     from forgetscale.laws.holdout import compare_laws
-    from forgetscale.laws.outputs import dumps, json_safe
     from forgetscale.laws.report import format_compare
     from forgetscale.laws.table import Holdout
+    from forgetscale.outputs import dumps, json_safe
 
     names = [n.strip() for n in args.laws.split(",")]
     if not any(names):

@@ -51,7 +51,7 @@ def output_format(out: str | None, fmt: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from forgetscale.errors import UserError
-    from forgetscale.paths import atomic_output, check_output
+    from forgetscale.outputs import atomic_output, check_output
     from forgetscale.store import open_store, write_table
 
     fmt = output_format(args.out, args.format)

@@ -118,17 +118,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from forgetscale.laws.fitting import fit_file_bytes, fit_law, is_fit_file, resolve_fit_targets
     from forgetscale.laws.options import FitOptions
-    from forgetscale.laws.outputs import (
-        StagedOutputs,
-        check_output_file,
-        check_output_folder,
-        dumps,
-        json_safe,
-    )
     from forgetscale.laws.plots import FIGURES_BYTES, figure_files, stage_figures
     from forgetscale.laws.registry import get_law
     from forgetscale.laws.report import format_fit
     from forgetscale.laws.table import read_table
+    from forgetscale.outputs import (
+        StagedOutputs,
+        check_output,
+        check_output_folder,
+        dumps,
+        json_safe,
+    )
 
     # everything is checked before the table is read and the law fitted
     opts = FitOptions(
@@ -143,17 +143,18 @@ def run(args: argparse.Namespace) -> int:
     resolve_fit_targets(law, args.target)
     inputs = [(args.source, "--from")]
     if args.save:
-        check_output_file(
+        check_output(
             args.save,
-            "--save",
+            what="--save",
             inputs=inputs,
-            size=fit_file_bytes(law, opts.n_boot),
+            create_parents=True,
+            needed=fit_file_bytes(law, opts.n_boot),
             replaceable=is_fit_file,
-            what="a forgetscale fit",
+            replaceable_what="a forgetscale fit",
         )
     if args.plots:
         check_output_folder(
-            args.plots, "--plots", figure_files(), inputs=inputs, size=FIGURES_BYTES
+            args.plots, figure_files(), inputs=inputs, what="--plots", needed=FIGURES_BYTES
         )
     df = read_table(args.source)
     fit = fit_law(

@@ -8,10 +8,10 @@ import textwrap
 from forgetscale.commands._common import (
     add_model_arguments,
     deferred_warnings,
-    dumps_json,
     nonneg_int,
     positive_int,
 )
+from forgetscale.outputs import dumps
 
 NAME = "measure"
 HELP = "forgetting loss, KL and agreement of a model against a reference"
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 "its weights may be broken, or bfloat16 may overflow: try --dtype float32"
             ) from exc
     if args.json:
-        print(dumps_json(result.as_dict()))
+        print(dumps(result.as_dict()))
         return 0
     print(f"model      {args.model}" + (f" + adapter {args.adapter}" if args.adapter else ""))
     print(f"reference  {args.reference} ({result.tokens:,} predicted tokens)")

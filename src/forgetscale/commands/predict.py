@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from forgetscale.laws.outputs import dumps, json_safe
     from forgetscale.laws.prediction import predict, resolve_law
     from forgetscale.laws.registry import get_preset
     from forgetscale.laws.report import format_prediction
+    from forgetscale.outputs import dumps, json_safe
 
     fit = resolve_law(args.law)
     spec = fit.law_spec

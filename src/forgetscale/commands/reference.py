@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from forgetscale.corpus import load_corpus, pack_documents
     from forgetscale.errors import UserError
     from forgetscale.models import load_model, max_context, output_vocab_size, resolve_device
-    from forgetscale.paths import check_output, check_space
+    from forgetscale.outputs import check_output, check_space
     from forgetscale.reference import ReferenceCache, build_reference
 
     # before any work: where the result goes, and the device it is computed on

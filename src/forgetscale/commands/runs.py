@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from forgetscale.commands._common import dumps_json
+from forgetscale.outputs import dumps
 from forgetscale.store import RUN_STATUSES
 
 NAME = "runs"
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         for r in runs:
             rows = df[df.run_id == r.id].to_dict(orient="records")
             print(
-                dumps_json(
+                dumps(
                     {
                         "id": r.id,
                         "name": r.name,

@@ -37,9 +37,9 @@ from forgetscale.laws._threads import single_blas_thread
 from forgetscale.laws.bootstrap import bootstrap_params
 from forgetscale.laws.objective import HUBER_DELTA, Objective
 from forgetscale.laws.options import FitOptions
-from forgetscale.laws.outputs import StagedOutputs, check_output_file, dumps, json_safe
 from forgetscale.laws.registry import Law, get_law
 from forgetscale.laws.table import FitData, Holdout, check_table, read_table, select_rows
+from forgetscale.outputs import StagedOutputs, check_output, dumps, json_safe
 
 FIT_FORMAT = "forgetscale-fit/1"
 CI_LEVEL = 0.95
@@ -180,8 +180,13 @@ class FitResult:
         """Write the fit as JSON, atomically; :func:`~forgetscale.laws.fitfile.load_fit`
         reads it back exactly. An existing file is replaced only if it is a fit."""
         text = self.to_file_text()
-        check_output_file(
-            path, option, size=len(text), replaceable=is_fit_file, what="a forgetscale fit"
+        check_output(
+            path,
+            what=option,
+            create_parents=True,
+            needed=len(text),
+            replaceable=is_fit_file,
+            replaceable_what="a forgetscale fit",
         )
         with StagedOutputs() as out:
             out.write_text(path, text, option)

@@ -25,9 +25,9 @@ import numpy as np
 from forgetscale.errors import UserError
 from forgetscale.laws.fitting import FitResult, fit_law
 from forgetscale.laws.options import FitOptions
-from forgetscale.laws.outputs import json_safe
 from forgetscale.laws.registry import TARGETS, Law, get_law
 from forgetscale.laws.table import Holdout, check_table, read_table, select_rows
+from forgetscale.outputs import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

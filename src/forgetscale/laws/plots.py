@@ -12,7 +12,7 @@
 
 Held-out points (``holdout``) are drawn hollow. Matplotlib runs with the Agg
 backend, so no display is needed. Files are written through
-:class:`~forgetscale.laws.outputs.StagedOutputs`: all of them, or none.
+:class:`~forgetscale.outputs.StagedOutputs`: all of them, or none.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 
 from forgetscale.laws.fitting import FitResult, fit_data
 from forgetscale.laws.holdout import HELD_OUT, IN_SAMPLE, point_table
-from forgetscale.laws.outputs import StagedOutputs, check_output_folder
 from forgetscale.laws.registry import get_law
 from forgetscale.laws.table import FitData, Holdout
+from forgetscale.outputs import StagedOutputs, check_output_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -113,7 +113,7 @@ def plot_fit(
 
     Nothing is written unless every file is (``option`` names the folder in errors).
     """
-    check_output_folder(outdir, option, figure_files(), size=FIGURES_BYTES)
+    check_output_folder(outdir, figure_files(), what=option, needed=FIGURES_BYTES)
     with StagedOutputs() as staged:
         stage_figures(fit, df, outdir, holdout, staged, option=option)
         return staged.commit()

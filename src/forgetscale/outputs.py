@@ -1,4 +1,4 @@
-"""Output paths, checked before any work and written atomically.
+"""Outputs: paths checked before any work, files written atomically, strict JSON.
 
 Every command that writes a file goes through this module:
 
@@ -12,6 +12,8 @@ Every command that writes a file goes through this module:
   over the target: a reader sees the old file or the new one, never half of
   one. The temporary file is removed on any failure, a full disk or a refused
   write becomes one :class:`~forgetscale.errors.UserError` line naming the path.
+- :class:`StagedOutputs` writes several files (a fit and its figures) that appear together
+  or not at all; :func:`json_safe` and :func:`dumps` make any result strict JSON.
 - Temporary files left by a writer that was killed (``SIGKILL``, power loss)
   are removed by the next write to the same target: their names carry the host
   and process id of the writer, so only files of writers that are gone are
@@ -23,16 +25,21 @@ written in place: renaming over a device would replace it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import math
 import os
 import re
 import secrets
 import shutil
 import socket
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from forgetscale.errors import UserError
 
@@ -133,9 +140,12 @@ def _describe(exc: OSError) -> str:
 def check_output(
     path: StrPath,
     *,
-    inputs: Iterable[StrPath | None] = (),
+    inputs: Iterable[StrPath | tuple[StrPath, str] | None] = (),
     what: str = "--out",
     create_parents: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+    replaceable_what: str = "an output of this command",
+    needed: int | None = None,
 ) -> Path:
     """Check that ``path`` can be written, before any work; returns it (``~`` expanded).
 
@@ -144,19 +154,24 @@ def check_output(
     is a folder (a model folder's weights), a folder, a path whose folder does not
     exist (unless ``create_parents``: then the nearest existing folder must be
     writable) and a folder where a temporary file cannot be created.
-    ``None`` entries of ``inputs`` are ignored, so optional inputs can be passed as they are.
+    ``None`` entries of ``inputs`` are ignored, so optional inputs can be passed as they are;
+    an input given as ``(path, flag)`` is named by its flag in the error.
+
+    An existing SQLite file (a results store) is never replaced; another existing file is
+    replaced only when ``replaceable(path)`` says yes (``replaceable_what`` names what it
+    must be). With ``needed`` (bytes), the free space is checked too (:func:`check_space`).
     """
-    path = Path(path).expanduser()
-    if not path.name or path.name in (".", ".."):
+    raw, path = str(path), Path(path).expanduser()
+    if raw.endswith(("/", os.sep)) or not path.name or path.name in (".", ".."):
         raise UserError(f"{what} {path} is a folder; give a file name")
     for given in inputs:
         if given is None:
             continue
+        given, flag = given if isinstance(given, tuple) else (given, None)
         source = Path(given).expanduser()
         if _same_file(path, source):
-            raise UserError(
-                f"{what} {path} is an input of this command ({source}); give another file"
-            )
+            named = f"the input given to {flag}" if flag else f"an input of this command ({source})"
+            raise UserError(f"{what} {path} is {named}; writing there would replace it")
         if source.is_dir() and path.exists() and _is_inside(path, source):
             raise UserError(
                 f"{what} {path} would replace a file inside the input folder {source}; "
@@ -164,6 +179,14 @@ def check_output(
             )
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name")
+    if path.is_file() and _is_sqlite(path):
+        raise UserError(
+            f"{what} {path} is a SQLite file (a results store?); refusing to replace it"
+        )
+    if path.is_file() and replaceable is not None and not replaceable(path):
+        raise UserError(
+            f"{what} {path} exists and is not {replaceable_what}; refusing to replace it"
+        )
     if path.exists() and not path.is_file():  # /dev/null, a pipe: written in place
         if not os.access(path, os.W_OK):
             raise UserError(f"cannot write {what} {path}: permission denied")
@@ -186,7 +209,41 @@ def check_output(
     os.close(fd)
     with suppress(OSError):
         os.unlink(probe)
+    if needed is not None:
+        check_space(path, needed, what=what)
     return path
+
+
+def check_output_folder(
+    folder: StrPath,
+    names: Iterable[str],
+    *,
+    inputs: Iterable[StrPath | tuple[StrPath, str] | None] = (),
+    what: str = "--out",
+    needed: int | None = None,
+) -> Path:
+    """Check, before any work, that the files ``names`` may be written into ``folder``
+    (created if missing); see :func:`check_output`."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder")
+    inputs = list(inputs)
+    for name in names:
+        check_output(folder / name, inputs=inputs, what=what, create_parents=True)
+    if needed is not None:
+        check_space(folder / "x", needed, what=what)
+    return folder
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def check_space(path: StrPath, needed: int, *, what: str = "--out") -> None:
@@ -302,3 +359,108 @@ def atomic_write(path: StrPath, data: bytes | str, *, what: str = "--out") -> Pa
             fh.write(payload)
             fh.flush()
     return path
+
+
+# ------------------------------------------------------------------------------------------
+# several files at once, and strict JSON
+
+
+class StagedOutputs:
+    """Files written beside their targets under temporary names, renamed in together.
+
+    Use as a context manager: leaving it normally renames every staged file into
+    place; an exception (or a failed write) removes every temporary file and every
+    folder it created, so nothing is half-written::
+
+        with StagedOutputs() as out:
+            out.write_text("fit.json", text, "--save")
+            out.write("figs/a.png", lambda tmp: fig.savefig(tmp, format="png"), "--plots")
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+        self._made: list[Path] = []
+
+    def write(self, path: str | Path, writer: Callable[[Path], None], option: str) -> Path:
+        """Stage ``path``: ``writer(tmp)`` writes the content to a temporary file."""
+        path = Path(path)
+        tmp = None
+        try:
+            missing, folder = [], path.parent.absolute()
+            while not folder.exists():
+                missing.append(folder)
+                folder = folder.parent
+            for folder in reversed(missing):
+                folder.mkdir()
+                self._made.append(folder)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            tmp = Path(name)
+            self._staged.append((tmp, path))
+            writer(tmp)
+            with tmp.open("rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:
+            self.discard()
+            raise UserError(f"cannot write {option} {path}: {_describe(exc)}") from None
+        return path
+
+    def write_text(self, path: str | Path, text: str, option: str) -> Path:
+        return self.write(path, lambda tmp: tmp.write_text(text), option)
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file into place; returns their paths."""
+        done = []
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+            done.append(final)
+        self._staged, self._made = [], []
+        return done
+
+    def discard(self) -> None:
+        """Remove the temporary files and the folders made for them."""
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for folder in reversed(self._made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._staged, self._made = [], []
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def json_safe(obj: Any) -> tuple[Any, list[str]]:
+    """``obj`` with every NaN or infinite float replaced by ``None``, and notes saying where.
+
+    Numpy scalars and arrays become plain Python numbers and lists, so the result
+    always serialises with ``json.dumps(..., allow_nan=False)``.
+    """
+    notes: list[str] = []
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            items = value.tolist() if hasattr(value, "tolist") else value
+            if not isinstance(items, list):
+                return clean(items, where)
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(items)]
+        if isinstance(value, float) and not math.isfinite(value):
+            notes.append(f"{where or 'value'} was {value} (written as null)")
+            return None
+        return value
+
+    return clean(obj, ""), notes
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON of ``obj`` (through :func:`json_safe`: never NaN, never invalid JSON)."""
+    return json.dumps(json_safe(obj)[0], allow_nan=False, default=str, **kwargs)

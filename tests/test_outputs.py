@@ -10,7 +10,7 @@ import pytest
 from filesystems import full_disk, readonly_folder
 
 from forgetscale.errors import UserError
-from forgetscale.paths import (
+from forgetscale.outputs import (
     atomic_output,
     atomic_write,
     check_output,
@@ -122,7 +122,7 @@ def test_other_errors_are_not_dressed_as_user_errors(tmp_path):
 
 
 def test_check_space_compares_with_the_free_space(tmp_path):
-    from forgetscale.paths import check_space
+    from forgetscale.outputs import check_space
 
     check_space(tmp_path / "small.bin", 1024)
     with pytest.raises(UserError, match=r"cannot write --out .*big\.bin: it needs about .* free"):
