@@ -1,0 +1,166 @@
+"""``forgetscale study``: a sweep, its laws tested on runs they never saw, and one report.
+
+A study file is a sweep file (see :mod:`forgetscale.sweep.spec`) plus an ``analysis:``
+block (:class:`~forgetscale.study.analysis.AnalysisConfig`). :func:`run_study` runs the
+sweep's runs that are not finished (on any executor; a rerun resumes), then analyses every
+run of the study and writes ``report.html`` and ``report.json`` beside the store.
+
+Built-in studies on the embedded default ship in ``forgetscale/study/studies/``:
+``default`` (the study whose design identifies the laws) and ``quick`` (a first look in a
+few minutes, whose report says what it cannot show). ``forgetscale study`` with no file
+runs ``default``.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from forgetscale.errors import UserError
+
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+BUILT_IN = ("default", "quick")
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` did."""
+
+    exit_code: int
+    """0, or 1 when a run failed (the report is written all the same)."""
+    html: Path
+    json: Path
+    store: Path
+    wall_s: float
+
+
+def study_file(name_or_path: str | None) -> Path:
+    """The study file: a path, or the name of a built-in study (``default``, ``quick``)."""
+    if name_or_path is None:
+        name_or_path = "default"
+    if name_or_path in BUILT_IN:
+        return STUDIES_DIR / f"{name_or_path}.yaml"
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise UserError(
+            f"study file not found: {name_or_path} (or a built-in study: {', '.join(BUILT_IN)})"
+        )
+    return path
+
+
+def load_study(
+    name_or_path: str | None,
+    *,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    executor: str | None = None,
+):
+    """Read a study file: its sweep (with the store moved into ``out`` when given) and its
+    checked ``analysis:`` block. Returns ``(sweep, analysis_config)``."""
+    from forgetscale.study.analysis import AnalysisConfig
+    from forgetscale.sweep.spec import load_sweep
+
+    path = study_file(name_or_path)
+    overrides = dict(overrides or {})
+    if out is not None:
+        overrides["store"] = str(Path(out) / "results.db")
+    sweep = load_sweep(path, overrides, executor=executor, extra_keys=("analysis",))
+    raw = sweep.extra.get("analysis") or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: analysis: a mapping of analysis keys")
+    try:
+        analysis = AnalysisConfig.from_dict(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: analysis: {exc}") from None
+    return sweep, analysis
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpus": gpus,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run_study(
+    name_or_path: str | None = None,
+    *,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    executor: str | None = None,
+    flags: dict[str, Any] | None = None,
+    analyse_only: bool = False,
+    progress: bool = True,
+    command: list[str] | None = None,
+    err: TextIO | None = None,
+) -> StudyOutcome:
+    """Run (or resume) a study and write its report; see the module docstring."""
+    from forgetscale.models import library_versions
+    from forgetscale.study.analysis import analyse
+    from forgetscale.study.report import write_report
+    from forgetscale.sweep.driver import run_sweep
+    from forgetscale.sweep.worker import STORE
+
+    err = err or sys.stderr
+    t0 = time.perf_counter()
+    sweep, analysis = load_study(name_or_path, out=out, overrides=overrides, executor=executor)
+    code = 0
+    if analyse_only:
+        if not sweep.store.is_file():
+            raise UserError(f"--analyse-only: no results store at {sweep.store} (run the study)")
+    else:
+        code = run_sweep(sweep, executor=executor, flags=flags, err=err, progress=progress)
+    t_runs = time.perf_counter() - t0
+    run_ids = [run.run_id for run in sweep.runs]
+    adapters = {
+        run.run_id: str(sweep.run_dir(run.run_id) / "adapter")
+        for run in sweep.runs
+        if (sweep.run_dir(run.run_id) / "adapter" / "adapter_config.json").is_file()
+    }
+    references = sorted(sweep.reference_dir.glob("ref-*.safetensors"))
+    print(f"study: analysing {len(run_ids)} runs in {sweep.store}", file=err, flush=True)
+    report = analyse(
+        sweep.store,
+        analysis,
+        run_ids=run_ids,
+        adapters=adapters,
+        reference=str(references[0]) if len(references) == 1 else None,
+        study={
+            "name": sweep.name,
+            "file": str(study_file(name_or_path).resolve()),
+            "command": shlex.join(command) if command else None,
+            "machine": _machine(),
+            "versions": library_versions(),
+            "runs_wall_s": None if analyse_only else t_runs,
+            "store": str(sweep.store),
+            "run_folders": {r.run_id: str(sweep.run_dir(r.run_id) / STORE) for r in sweep.runs},
+        },
+    )
+    html, json_path = write_report(report, sweep.folder)
+    return StudyOutcome(code, html, json_path, sweep.store, time.perf_counter() - t0)
