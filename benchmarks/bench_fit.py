@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 
 from forgetscale.laws import fit_law, get_law
 from forgetscale.laws.bootstrap import resample_indices
-from forgetscale.laws.fitting import _grid
+from forgetscale.laws.fitting import start_points
 from forgetscale.laws.objective import Objective
 from forgetscale.laws.synthetic import synthetic_runs
 
@@ -89,7 +89,7 @@ def main() -> None:
     X = {v: df[v].to_numpy(float) for v in law.variables}
     Y = {t: df[t].to_numpy(float) for t in targets}
     obj = Objective(law, targets, X, Y)
-    points = _grid(law, X | Y, None if law.joint else targets[0])
+    points = start_points(law, X | Y, None if law.joint else targets[0])
     x0 = np.array([points[len(points) // 2][p] for p in law.param_names])
     t0 = time.perf_counter()
     res = plain_fit(law, targets, X, Y, x0)

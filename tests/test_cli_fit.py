@@ -14,7 +14,9 @@ from forgetscale.cli import main
 from forgetscale.laws.presets import TABLE1
 from forgetscale.laws.synthetic import synthetic_runs
 
-FIT_KEYS = {"law", "target", "params", "ci", "r2", "rmse", "n_points", "converged", "holdout"}
+FIT_KEYS = {
+    "law", "target", "params", "ci", "r2", "rmse", "n_points", "converged", "holdout", "notes"
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +209,8 @@ def test_subprocess_fit_and_error(runs_csv, tmp_path):
 
 
 def test_fit_reads_a_results_store(tmp_path, capsys):
-    store = pytest.importorskip("forgetscale.store")
-    if not hasattr(store, "read_measurements") or not hasattr(store, "open_store"):
-        pytest.skip("forgetscale.store has no read_measurements/open_store yet (issue 3)")
+    from forgetscale import store
+
     df = _good()
     db = tmp_path / "results.db"
     with store.open_store(db) as s:
@@ -224,3 +225,223 @@ def test_fit_reads_a_results_store(tmp_path, capsys):
     rc = main(["fit", "--from", str(db), "--law", "multiplicative", "--bootstrap", "0", "--json"])
     assert rc == 0
     assert _json(capsys)["n_points"] == len(df)
+
+
+# --------------------------------------------------------------------- bad inputs
+
+
+def _one_line_error(capsys, rc, needle, command="fit"):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"forgetscale {command}: error:"), lines[0]
+    assert needle in lines[0], lines[0]
+    assert captured.out == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "option,needle",
+    [
+        (["--min-step", "nan"], "--min-step (min_step) must be a finite number, got nan"),
+        (["--min-step", "inf"], "--min-step (min_step) must be a finite number, got inf"),
+        (["--min-step", "-5"], "--min-step (min_step) must be >= 0"),
+        (["--bootstrap", "-1"], "--bootstrap (n_boot) must be >= 0"),
+        (["--bootstrap", "1"], "--bootstrap (n_boot) must be 0 (no intervals) or >= 2"),
+        (["--bootstrap", "100000000"], "--bootstrap (n_boot) must be <= 100000"),
+        (["--seed", "-1"], "--seed (seed) must be >= 0"),
+        (["--starts", "0"], "--starts (n_starts) must be >= 1"),
+        (["--workers", "0"], "--workers (workers) must be >= 1"),
+        (["--holdout", "largest-P", "p0"], "--holdout takes largest-P, largest-N, or one or more"),
+        (["--holdout", "p0", "p0"], "--holdout names a run id twice"),
+        (["--target", "finetune_loss", "--law", "linear"], "predicts forgetting_loss"),
+        (["--target", "kl", "--law", "kalajdzievski"], "not 'kl'"),
+    ],
+)
+def test_every_bad_option_is_refused_before_any_work(option, needle, tmp_path, capsys):
+    save = tmp_path / "fit.json"
+    # --from does not exist: an option error must come before the table is even read
+    args = ["fit", "--from", str(tmp_path / "absent.csv"), "--law", "additive"]
+    rc = main([*args, "--save", str(save), *option])
+    _one_line_error(capsys, rc, needle)
+    assert not save.exists()
+
+
+@pytest.fixture
+def results_store(tmp_path):
+    from forgetscale import store
+
+    db = tmp_path / "results.db"
+    with store.open_store(db) as s:
+        for run_id, g in _good().groupby("run_id"):
+            s.start_run(run_id, {"run": run_id}, method="lora", rank=None,
+                        params_trained=int(g.params_trained.iloc[0]))  # fmt: skip
+            for row in g.itertuples():
+                s.add_measurement(
+                    run_id, row.step,
+                    {"finetune_loss": row.finetune_loss, "forgetting_loss": row.forgetting_loss},
+                )  # fmt: skip
+    return db
+
+
+def test_save_and_plots_never_replace_the_results_store(results_store, capsys):
+    before = results_store.read_bytes()
+    base = ["fit", "--from", str(results_store), "--law", "linear", "--bootstrap", "0"]
+    rc = main([*base, "--save", str(results_store)])
+    _one_line_error(capsys, rc, "--save: ")
+    rc = main([*base, "--plots", str(results_store)])
+    _one_line_error(capsys, rc, "is a file, not a folder")
+    assert results_store.read_bytes() == before
+    assert sorted(p.name for p in results_store.parent.iterdir()) == ["results.db"]
+
+
+def test_save_refuses_the_input_a_folder_and_a_file_that_is_no_fit(runs_csv, tmp_path, capsys):
+    base = ["fit", "--from", str(runs_csv), "--law", "linear", "--bootstrap", "0"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    cases = {
+        str(runs_csv): "is the input given to --from",
+        str(tmp_path): "is a folder, not a file",
+        str(notes): "exists and is not a forgetscale fit; refusing to replace it",
+        str(notes / "fit.json"): "is not a folder",
+        str(tmp_path / "new") + "/": "names a folder, not a file",
+    }
+    for path, needle in cases.items():
+        _one_line_error(capsys, main([*base, "--save", path]), needle)
+    assert notes.read_text() == "my notes"
+    fit_json = tmp_path / "deeper" / "fit.json"  # missing folders are made
+    assert main([*base, "--save", str(fit_json)]) == 0
+    assert main([*base, "--save", str(fit_json), "--json"]) == 0  # an earlier fit is replaced
+    capsys.readouterr()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _namespace_available() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "true"],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _forgetscale_env():
+    import os
+    from pathlib import Path
+
+    import forgetscale
+
+    src = str(Path(forgetscale.__file__).parents[1])
+    return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.skipif(not _namespace_available(), reason="needs unshare (user + mount namespace)")
+@pytest.mark.parametrize(
+    "mount,needle",
+    [
+        # a full disk: a 64 KiB file system, filled
+        ("mount -t tmpfs -o size=64k tmpfs {d} && head -c 70000 /dev/zero 2>/dev/null > {d}/fill || true",
+         "--save: no room in"),
+        # a read-only file system: refused even for root
+        ("mount -t tmpfs -o ro tmpfs {d}", "--save: cannot write in"),
+    ],
+)  # fmt: skip
+def test_full_disk_and_read_only_refused_before_fitting(tmp_path, mount, needle):
+    few = _good().groupby("run_id").head(1).head(3)  # a fit of these would fail: too few points
+    table = tmp_path / "few.csv"
+    few.to_csv(table, index=False)
+    d = tmp_path / "mnt"
+    d.mkdir()
+    cmd = (
+        mount.format(d=d)
+        + f" && {sys.executable} -m forgetscale fit --from {table} --law additive"
+        + f" --bootstrap 0 --save {d}/fit.json; echo rc=$? >&2; ls -A {d}"
+    )
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", cmd],
+        capture_output=True, text=True, timeout=120, env=_forgetscale_env(),
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == "rc=2", done.stderr
+    assert len(lines) == 2 and needle in lines[0], done.stderr  # the disk, not the fit
+    assert "fit.json" not in done.stdout.split() and ".tmp" not in done.stdout
+
+
+def test_a_write_that_fails_after_the_fit_leaves_nothing(runs_csv, tmp_path):
+    # RLIMIT_FSIZE makes every write beyond 20 kB fail (EFBIG), as a full disk would
+    save, plots = tmp_path / "fit.json", tmp_path / "figs"
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
+        "from forgetscale.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "fit", "--from", str(runs_csv), "--law", "linear",
+         "--bootstrap", "0", "--save", str(save), "--plots", str(plots)],
+        capture_output=True, text=True, timeout=120, env=_forgetscale_env(),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--plots: cannot write" in lines[0] and "File too large" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no fit.json, no figs, no tmp
+
+
+def strict_json(text: str):
+    """json.loads that fails on NaN/Infinity, which are not JSON."""
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in --json output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_valid_in_every_mode(runs_csv, tmp_path, capsys):
+    df = pd.read_csv(runs_csv)
+    lone = pd.concat([df[df.run_id != "p0-s0"], df[(df.run_id == "p0-s0") & (df.step == 50)]])
+    path = tmp_path / "lone.csv"
+    lone.to_csv(path, index=False)
+    modes = {
+        "single target": ["fit", "--from", str(runs_csv), "--law", "linear", "--bootstrap", "4"],
+        "joint": ["fit", "--from", str(runs_csv), "--law", "kalajdzievski", "--bootstrap", "0"],
+        "undefined held-out R^2": ["fit", "--from", str(path), "--law", "multiplicative",
+                                   "--bootstrap", "0", "--holdout", "p0-s0"],
+        "compare, undefined R^2": ["compare", "--from", str(path), "--laws", "multiplicative",
+                                   "--holdout", "p0-s0"],
+    }  # fmt: skip
+    for mode, args in modes.items():
+        assert main([*args, "--json"]) == 0, mode
+        out = capsys.readouterr().out
+        d = strict_json(out)
+        if mode == "undefined held-out R^2":
+            assert d["holdout"]["r2"] is None and d["holdout"]["n_points"] == 1
+            assert d["notes"] == ["holdout.r2 was nan (written as null)"]
+        if mode.startswith("compare"):
+            assert d[0]["holdout_r2"] is None and "holdout_r2 was nan" in d[0]["note"]
+
+
+def test_bootstrap_over_one_run_says_it_cannot_give_an_interval(runs_csv, tmp_path, capsys):
+    one = pd.read_csv(runs_csv).query("run_id == 'p3-s0'")
+    path = tmp_path / "one.csv"
+    one.to_csv(path, index=False)
+    assert main(["fit", "--from", str(path), "--law", "linear", "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "CI (no bootstrap)" in out
+    assert "warning: no confidence intervals: the bootstrap resamples whole runs" in out
+    assert main(["fit", "--from", str(path), "--law", "linear", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["ci"] == {} and any("only 1 run" in n for n in d["notes"])
+
+
+def test_fit_target_disagreement_from_the_agreement_column(tmp_path, capsys):
+    true = {"E": 0.3, "A": 10.0, "alpha": 0.2, "beta": 0.4}
+    P = [1e6 * 2**k for k in range(6)]
+    df = synthetic_runs("multiplicative", true, targets=["disagreement"], params_trained=P)
+    path = tmp_path / "agreement.csv"
+    df.to_csv(path, index=False)
+    args = ["fit", "--from", str(path), "--law", "multiplicative", "--target", "disagreement"]
+    assert main([*args, "--bootstrap", "0", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["target"] == "disagreement" and d["r2"] > 0.95
+    assert d["params"]["E"] == pytest.approx(0.3, rel=0.05)

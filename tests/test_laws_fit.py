@@ -7,7 +7,7 @@ import pytest
 
 from forgetscale.errors import UserError
 from forgetscale.laws import fit_law, load_fit, predict
-from forgetscale.laws.fitting import compare_laws
+from forgetscale.laws.holdout import compare_laws
 from forgetscale.laws.synthetic import synthetic_runs
 
 P8 = [1e6 * 2**k for k in range(8)]
@@ -142,3 +142,80 @@ def test_compare_ranks_by_heldout_error():
     assert rows[0]["law"] == "multiplicative"  # the true law extrapolates best
     errors = [r["holdout_rmse"] for r in rows if r["holdout_rmse"] is not None]
     assert errors == sorted(errors)
+
+
+RISING_TRUE = {
+    "forgetting_loss_soft": {"E": 3.5, "A": 300.0, "alpha": 0.3, "beta": 0.4},
+    "kl": {"E": 0.06, "A": 2.0, "alpha": 0.2, "beta": 0.4},
+    "disagreement": {"E": 0.3, "A": 10.0, "alpha": 0.2, "beta": 0.4},
+}
+
+
+@pytest.mark.parametrize("target", sorted(RISING_TRUE))
+def test_power_laws_on_every_forgetting_metric(target):
+    true = RISING_TRUE[target]
+    df = synthetic_runs(
+        "multiplicative",
+        true,
+        targets=[target],
+        params_trained=P8,
+        steps=STEPS30,
+        noise=0.01,
+        seed=2,
+        runs_per_p=2,
+    )
+    if target == "disagreement":  # the table has agreement, as the results store keeps it
+        assert "disagreement" not in df and df.agreement.between(0, 1).all()
+    fit = fit_law(df, "multiplicative", target)
+    assert fit.converged and not fit.on_bound
+    for name in ("E", "alpha", "beta"):
+        assert fit.params[name] == pytest.approx(true[name], rel=0.05), name
+    # the sign rule: forgetting quantities rise with N and with P, towards E
+    y = fit.predict(target, params_trained=[1e6, 1e6, 1e8], step=[10, 1000, 10])
+    assert y[0] < y[1] < true["E"] and y[0] < y[2] < true["E"]
+
+
+def test_linear_law_on_kl_against_the_finetune_loss():
+    df = synthetic_runs(
+        "multiplicative",
+        TRUE["multiplicative"]["finetune_loss"],
+        targets=["finetune_loss"],
+        params_trained=P8,
+        steps=STEPS30,
+        noise=0.0,
+    )
+    rng = np.random.default_rng(0)
+    df["kl"] = (0.5 - 0.1 * df.finetune_loss) * np.exp(0.01 * rng.standard_normal(len(df)))
+    fit = fit_law(df, "linear", "kl")
+    assert fit.targets == ("kl",)
+    assert fit.params["c_f_ft"] == pytest.approx(0.1, rel=0.05)
+    assert fit.params["s_f_ft"] == pytest.approx(0.5, rel=0.02)
+
+
+def test_metric_targets_refuse_what_a_log_fit_cannot_use():
+    df = synthetic_runs(
+        "multiplicative",
+        RISING_TRUE["kl"],
+        targets=["kl"],
+        params_trained=P8,
+        steps=STEPS30,
+        include_base=True,
+    )
+    assert (df[df.step == 0].kl == 0).all()  # the base against itself
+    fit_law(df, "multiplicative", "kl")  # power laws never use step 0
+    with pytest.raises(UserError, match="column kl has non-positive values.*--min-step"):
+        fit_law(df, "linear", "kl", min_step=0)
+    with pytest.raises(UserError, match="predicts finetune_loss, forgetting_loss, not 'kl'"):
+        fit_law(df, "kalajdzievski", "kl")
+    with pytest.raises(UserError, match="missing column.*forgetting_loss_soft"):
+        fit_law(df, "multiplicative", "forgetting_loss_soft")
+
+
+def test_bootstrap_over_one_run_gives_no_interval_and_says_why():
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0)
+    one = df[df.run_id == "p2"]
+    fit = fit_law(one, "linear", n_boot=20, workers=1)
+    assert fit.ci == {} and fit.bootstrap is None
+    assert any("only 1 run" in n for n in fit.notes)
+    two = fit_law(df[df.run_id.isin(["p2", "p3"])], "linear", n_boot=20, workers=1)
+    assert set(two.ci) == {"s_f_ft", "c_f_ft"} and not any("only 1 run" in n for n in two.notes)

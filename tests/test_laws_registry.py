@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import forgetscale
 from forgetscale.errors import UserError
 from forgetscale.laws import Law, Param, fit_law, get_law, get_preset, list_laws, predict
 from forgetscale.laws.objective import Objective
@@ -77,8 +83,8 @@ def test_analytic_jacobian_matches_numeric(name):
     np.testing.assert_allclose(Ja / scale, Jn / scale, atol=1e-5)
 
 
-def test_adding_a_law_is_one_registration():
-    from forgetscale.laws.registry import _LAWS, register_law
+def test_adding_a_law_is_one_registration(restore_registry):
+    from forgetscale.laws.registry import register_law
 
     def power(theta, X, target):
         return theta["E"] + theta["B"] * X["step"] ** -theta["beta"]
@@ -98,13 +104,88 @@ def test_adding_a_law_is_one_registration():
         min_distinct={"step": 3},
     )
     register_law(law)
+    assert "steps_only" in list_laws()
+    df = synthetic_runs(
+        "steps_only", {"E": 0.8, "B": 3.0, "beta": 0.4}, params_trained=[1e6, 2e6], noise=0.002
+    )
+    fit = fit_law(df, "steps_only", "finetune_loss")
+    assert fit.params["beta"] == pytest.approx(0.4, rel=0.05)
+    assert fit.r2["finetune_loss"] > 0.99
+
+
+USER_LAW_FIRST = textwrap.dedent(
+    """
+    # a fresh interpreter whose first act is to register its own law
+    from forgetscale.laws.registry import Law, Param, register_law
+
+    def power(theta, X, target):
+        return theta["E"] + theta["B"] * X["step"] ** -theta["beta"]
+
+    mine = Law(
+        name="steps_only",
+        description="power law in N only",
+        params=(
+            Param("E", 1e-3, 10.0, grid=(0.5, 1.0)),
+            Param("B", 1e-3, 100.0, grid=(1.0, 10.0)),
+            Param("beta", 1e-3, 3.0, grid=(0.2, 0.6)),
+        ),
+        variables=("step",),
+        targets=("finetune_loss",),
+        formula={"finetune_loss": "L_ft = E + B N^-beta"},
+        predict=power,
+    )
+    register_law(mine)
     try:
-        assert "steps_only" in list_laws()
-        df = synthetic_runs(
-            "steps_only", {"E": 0.8, "B": 3.0, "beta": 0.4}, params_trained=[1e6, 2e6], noise=0.002
-        )
-        fit = fit_law(df, "steps_only", "finetune_loss")
-        assert fit.params["beta"] == pytest.approx(0.4, rel=0.05)
-        assert fit.r2["finetune_loss"] > 0.99
-    finally:
-        _LAWS.pop("steps_only", None)
+        register_law(Law(**{**mine.__dict__, "name": "additive"}))
+    except ValueError as exc:
+        assert "already registered" in str(exc) and "override=True" in str(exc), exc
+    else:
+        raise AssertionError("a user law replaced a built-in without override=True")
+
+    from forgetscale.laws import fit_law, get_law, list_laws, predict
+    from forgetscale.laws.synthetic import synthetic_runs
+
+    assert list_laws() == ["linear", "additive", "multiplicative", "kalajdzievski", "steps_only"]
+    assert get_law("additive").formula["forgetting_loss"].startswith("L_f = E - A")
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0)
+    assert fit_law(df, "additive").r2["forgetting_loss"] > 0.9
+    assert predict("kalajdzievski:news", params_trained=2e7, step=100)["forgetting_loss"]
+    print("ok")
+    """
+)
+
+
+def test_user_law_registered_before_any_lookup_leaves_the_builtins_intact():
+    src = str(Path(forgetscale.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", USER_LAW_FIRST], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.fixture
+def restore_registry():
+    from forgetscale.laws import registry
+
+    laws, presets = dict(registry._LAWS), dict(registry._PRESETS)
+    yield
+    registry._LAWS.clear()
+    registry._LAWS.update(laws)
+    registry._PRESETS.clear()
+    registry._PRESETS.update(presets)
+
+
+def test_override_replaces_a_builtin_and_keeps_its_presets_consistent(restore_registry):
+    from forgetscale.laws.registry import register_law
+
+    builtin = get_law("multiplicative")
+    with pytest.raises(ValueError, match="override=True"):
+        register_law(dataclasses.replace(builtin, description="mine"))
+    register_law(dataclasses.replace(builtin, description="mine"), override=True)
+    assert get_law("multiplicative").description == "mine"
+    joint = get_law("kalajdzievski")
+    with pytest.raises(ValueError, match="preset kalajdzievski:"):
+        register_law(dataclasses.replace(joint, params=joint.params[:5]), override=True)
+    assert get_law("kalajdzievski") is joint  # a refused override changes nothing

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from forgetscale.commands.fit import add_fit_data_arguments, holdout_arg
+from forgetscale.commands.fit import add_fit_data_arguments
 
 NAME = "compare"
 HELP = "rank laws on the same runs by held-out error"
@@ -31,32 +30,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated law names (default: %(default)s)",
     )
     parser.add_argument(
-        "--starts", type=int, default=10, help="L-BFGS-B starts per law (default: %(default)s)"
+        "--starts",
+        type=int,
+        default=10,
+        help="L-BFGS-B starts per law, >= 1 (default: %(default)s)",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON list, best first")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list, best first (NaN/inf as null, said in the row's note)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from forgetscale.errors import UserError
-    from forgetscale.laws.fitting import compare_laws
+    from forgetscale.laws.holdout import compare_laws
+    from forgetscale.laws.outputs import dumps, json_safe
     from forgetscale.laws.report import format_compare
-    from forgetscale.laws.table import read_table
+    from forgetscale.laws.table import Holdout
 
-    names = [n.strip() for n in args.laws.split(",") if n.strip()]
-    if not names:
+    names = [n.strip() for n in args.laws.split(",")]
+    if not any(names):
         raise UserError("--laws is empty")
-    df = read_table(args.source)
+    if not all(names):
+        raise UserError(f"--laws {args.laws!r} has an empty name")
     target = args.target or "forgetting_loss"
+    holdout = Holdout.parse(args.holdout)
     rows = compare_laws(
-        df,
+        args.source,
         names,
         target,
         min_step=args.min_step,
-        holdout=holdout_arg(args.holdout),
+        holdout=holdout,
         n_starts=args.starts,
     )
     if args.json:
-        print(json.dumps(rows))
+        clean = []
+        for row in rows:
+            row, notes = json_safe(row)
+            row["note"] = "; ".join(n for n in [row["note"], *notes] if n)
+            clean.append(row)
+        print(dumps(clean))
     else:
         print(format_compare(rows, target, " ".join(args.holdout)))
     return 0

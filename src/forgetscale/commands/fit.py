@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
+
+from forgetscale.laws.registry import TARGETS
 
 NAME = "fit"
 HELP = "fit a scaling law (linear, additive, multiplicative, kalajdzievski) to measured runs"
 DESCRIPTION = """\
 Fit a law to a table of measurements (CSV, parquet, or a results store .db with
-the export columns run_id, params_trained, step, finetune_loss, forgetting_loss)
-and print its parameters with bootstrap confidence intervals (whole runs are
-resampled), R^2 and RMSE on the loss scale, and, with --holdout, the error on
-points the fit never saw.
+the export columns run_id, params_trained, step, finetune_loss, forgetting_loss,
+forgetting_loss_soft, kl, agreement) and print its parameters with bootstrap
+confidence intervals (whole runs are resampled), R^2 and RMSE on the loss scale,
+and, with --holdout, the error on points the fit never saw beside the in-sample
+error (held-out runs: largest-P; held-out steps: largest-N).
 
 laws:
   linear          L_f = s_f_ft - c_f_ft * L_ft                         (paper Eq. 4)
   additive        L = E +/- (A P^-alpha + B N^-beta)                   (Chinchilla form)
   multiplicative  L = E +/- A P^-alpha N^-beta                         (Zhang et al. 2024)
   kalajdzievski   the paper's joint laws for L_ft and L_f (form reconstructed from
-                  its Table 1 constants); fits both targets, --target does not apply
-  (+ for finetune_loss, which falls towards E; - for forgetting_loss, which rises)
+                  its Table 1 constants); fits both targets at once
+  (+ for finetune_loss, which falls towards E; - for the forgetting targets
+   forgetting_loss, forgetting_loss_soft, kl, disagreement, which rise)
+
+targets (--target; linear models a forgetting target against finetune_loss, the
+power laws model any target in P and N):
+{targets}
 
 Fitting: Huber loss (delta 1e-3) on log residuals, positive parameters in log
 space, L-BFGS-B from the best points of a vectorised grid of starts. Step 0 (the
@@ -29,8 +37,9 @@ base model, N = 0) is never used by power laws in N.
 examples:
   forgetscale fit --from runs.csv --law kalajdzievski --min-step 50
   forgetscale fit --from results.db --law additive --target forgetting_loss --holdout largest-P
+  forgetscale fit --from runs.csv --law multiplicative --target kl --holdout largest-N
   forgetscale fit --from runs.csv --law linear --json --save linear.json --plots figs/
-"""
+""".format(targets="\n".join(f"  {t.name:<21} {t.help}" for t in TARGETS.values()))
 
 
 def add_fit_data_arguments(parser: argparse.ArgumentParser, holdout_default=None) -> None:
@@ -44,24 +53,27 @@ def add_fit_data_arguments(parser: argparse.ArgumentParser, holdout_default=None
     )
     parser.add_argument(
         "--target",
-        choices=("forgetting_loss", "finetune_loss"),
+        choices=tuple(TARGETS),
         default=None,
-        help="quantity to model (default: forgetting_loss; ignored by joint laws)",
+        help="quantity to model (default: forgetting_loss; a joint law fits all its "
+        "targets, and --target must be one of them)",
     )
     parser.add_argument(
         "--min-step",
         type=float,
         default=1,
         metavar="N0",
-        help="exclude steps < N0 (default: %(default)s, i.e. only the base model; the paper used 50)",
+        help="exclude steps < N0, N0 >= 0 (default: %(default)s, i.e. only the base model; "
+        "the paper used 50)",
     )
     parser.add_argument(
         "--holdout",
         nargs="+",
         default=holdout_default,
         metavar="WHICH",
-        help="hold out largest-P (runs with the largest P), largest-N (the top 20%% of "
-        "steps) or RUN_ID ...; the fit reports its error on them"
+        help="hold out largest-P (the runs with the largest P, fitted on the others), "
+        "largest-N (the last 20%% of the steps of every run, fitted on the earlier ones) "
+        "or RUN_ID ...; the fit reports its error on them"
         + (f" (default: {holdout_default[0]})" if holdout_default else ""),
     )
 
@@ -74,69 +86,99 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=100,
         metavar="B",
-        help="bootstrap resamples of whole runs for the CIs, 0 = none (default: %(default)s)",
+        help="bootstrap resamples of whole runs for the CIs: 0 = none, or 2..100000 "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="bootstrap seed, >= 0 (default: %(default)s)"
+    )
     parser.add_argument(
         "--starts",
         type=int,
         default=10,
-        help="L-BFGS-B starts from the best grid points (default: %(default)s)",
+        help="L-BFGS-B starts from the best grid points, >= 1 (default: %(default)s)",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="processes for the bootstrap (default: all cores when it pays)",
+        help="processes for the bootstrap, >= 1 (default: all cores when it pays)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--save", metavar="FIT.json", help="write the fit for `forgetscale predict`"
+        "--json", action="store_true", help="print one JSON object (NaN/inf as null, with notes)"
+    )
+    parser.add_argument(
+        "--save",
+        metavar="FIT.json",
+        help="write the fit for `forgetscale predict` (replaces only an earlier fit)",
     )
     parser.add_argument("--plots", metavar="DIR", help="write figures (PNG + CSV) to DIR")
 
 
-def holdout_arg(values):
-    if not values:
-        return None
-    return values[0] if len(values) == 1 and values[0] in ("largest-P", "largest-N") else values
-
-
 def run(args: argparse.Namespace) -> int:
-    from forgetscale.errors import UserError
-    from forgetscale.laws.fitting import fit_law
+    from forgetscale.laws.fitting import fit_file_bytes, fit_law, is_fit_file, resolve_fit_targets
+    from forgetscale.laws.options import FitOptions
+    from forgetscale.laws.outputs import (
+        StagedOutputs,
+        check_output_file,
+        check_output_folder,
+        dumps,
+        json_safe,
+    )
+    from forgetscale.laws.plots import FIGURES_BYTES, figure_files, stage_figures
+    from forgetscale.laws.registry import get_law
     from forgetscale.laws.report import format_fit
     from forgetscale.laws.table import read_table
 
-    if args.bootstrap < 0:
-        raise UserError("--bootstrap must be >= 0")
-    df = read_table(args.source)
-    holdout = holdout_arg(args.holdout)
-    fit = fit_law(
-        df,
-        args.law,
-        args.target,
+    # everything is checked before the table is read and the law fitted
+    opts = FitOptions(
         min_step=args.min_step,
-        holdout=holdout,
+        holdout=args.holdout,
         n_boot=args.bootstrap,
         seed=args.seed,
         n_starts=args.starts,
         workers=args.workers,
     )
+    law = get_law(args.law)
+    resolve_fit_targets(law, args.target)
+    inputs = [(args.source, "--from")]
     if args.save:
-        fit.save(args.save)
-    written = []
+        check_output_file(
+            args.save,
+            "--save",
+            inputs=inputs,
+            size=fit_file_bytes(law, opts.n_boot),
+            replaceable=is_fit_file,
+            what="a forgetscale fit",
+        )
     if args.plots:
-        from forgetscale.plots import plot_fit
-
-        written = plot_fit(fit, df, args.plots, holdout=holdout)
-    if args.json:
-        print(json.dumps(fit.to_json()))
-    else:
-        desc = " ".join(args.holdout) if args.holdout else None
-        print(format_fit(fit, desc))
+        check_output_folder(
+            args.plots, "--plots", figure_files(), inputs=inputs, size=FIGURES_BYTES
+        )
+    df = read_table(args.source)
+    fit = fit_law(
+        df,
+        law,
+        args.target,
+        min_step=opts.min_step,
+        holdout=opts.holdout,
+        n_boot=opts.n_boot,
+        seed=opts.seed,
+        n_starts=opts.n_starts,
+        workers=opts.workers,
+    )
+    with StagedOutputs() as staged:
         if args.save:
-            print(f"saved: {args.save}")
+            staged.write_text(args.save, fit.to_file_text(), "--save")
+        if args.plots:
+            stage_figures(fit, df, args.plots, opts.holdout, staged, option="--plots")
+        written = staged.commit()
+    if args.json:
+        d, notes = json_safe(fit.to_json())
+        d["notes"] += notes
+        print(dumps(d))
+    else:
+        print(format_fit(fit))
         for path in written:
-            print(f"wrote: {path}")
+            print(f"{'saved' if args.save and path == Path(args.save) else 'wrote'}: {path}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 NAME = "predict"
@@ -14,7 +13,8 @@ have not run, from a saved fit (`forgetscale fit --save FIT.json`; intervals
 come from its bootstrap refits) or from published constants (presets
 kalajdzievski:openorca and kalajdzievski:news, the paper's Table 1, fitted on
 Llama 2 7B LoRA runs with P of about 2e7..6.4e8 and steps 50..260). Several
---params and --steps values give every combination.
+--params and --steps values give every combination. Every value must be finite and
+positive (steps > 0 for power laws in N).
 
 examples:
   forgetscale predict --law kalajdzievski:openorca --params 4e7 --steps 200
@@ -41,14 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print JSON: one object (or a list) with keys finetune_loss, forgetting_loss",
+        help="print JSON: one object (or a list) with keys finetune_loss, forgetting_loss "
+        "(and any other target the fit predicts), ci and notes; NaN/inf as null",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     import itertools
 
-    from forgetscale.laws.fitting import predict, resolve_law
+    import numpy as np
+
+    from forgetscale.laws.outputs import dumps, json_safe
+    from forgetscale.laws.prediction import predict, resolve_law
     from forgetscale.laws.registry import get_preset
     from forgetscale.laws.report import format_prediction
 
@@ -59,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         "step": args.steps,
         "finetune_loss": args.finetune_loss,
     }
-    used = [v for v in spec.variables if axes[v] is not None]
-    combos = list(itertools.product(*(axes[v] for v in used))) if used else []
+    used = [v for v in axes if axes[v] is not None]  # predict() refuses any the law lacks
+    combos = list(itertools.product(*(axes[v] for v in used)))
     columns = {v: [c[i] for c in combos] for i, v in enumerate(used)}
     result = predict(
         fit,
@@ -79,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
             if r["lo"] is not None:
                 row["ci"][t] = [float(r["lo"][i]), float(r["hi"][i])]
         rows.append(row)
-    bad = [r for r in rows for t in result if r[t] <= 0]
+    values = np.array([r[t] for r in rows for t in result])
     if args.json:
-        out = [
-            {("finetune_loss_given" if k == "finetune_loss_in" else k): v for k, v in r.items()}
-            for r in rows
-        ]
-        print(json.dumps(out[0] if len(out) == 1 else out))
+        out = []
+        for r in rows:
+            r = {("finetune_loss_given" if k == "finetune_loss_in" else k): v for k, v in r.items()}
+            r, notes = json_safe(r)
+            r["notes"] = notes
+            out.append(r)
+        print(dumps(out[0] if len(out) == 1 else out))
     else:
         if ":" in str(args.law) and not str(args.law).endswith(".json"):
             _, _, source = get_preset(args.law)
@@ -93,7 +99,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             header = f"{args.law}: law {spec.name} fitted on {fit.n_points} points"
         print(format_prediction(rows, header))
-    if bad:
+    if not np.isfinite(values).all():
+        print(
+            "warning: some predictions are not finite (the law overflows at these inputs)",
+            file=sys.stderr,
+        )
+    elif (values <= 0).any():
         print(
             "warning: some predictions are <= 0, which no loss can be; these inputs lie "
             "outside the range where the law holds",

@@ -14,8 +14,10 @@ Following Hoffmann et al. (2022, App. D.2) and Besiroglu et al. (2024):
 5. quality is reported as R^2 and RMSE on the loss scale, on the fitted rows and
    on held-out rows (``holdout``) that the fit never saw.
 
-Results are :class:`FitResult` objects that save to and load from plain JSON at full
-precision (no pickle), so a saved fit can drive :func:`predict`.
+Results are :class:`FitResult` objects that save to plain JSON at full precision (no
+pickle; :func:`forgetscale.laws.fitfile.load_fit` reads them back), so a saved fit
+can drive :func:`forgetscale.laws.prediction.predict`. Held-out evaluation is
+:mod:`forgetscale.laws.holdout`.
 """
 
 from __future__ import annotations
@@ -32,12 +34,33 @@ import numpy as np
 
 from forgetscale.errors import UserError
 from forgetscale.laws._threads import single_blas_thread
+from forgetscale.laws.bootstrap import bootstrap_params
 from forgetscale.laws.objective import HUBER_DELTA, Objective
-from forgetscale.laws.registry import Law, get_law, get_preset
-from forgetscale.laws.table import FitData, check_table, select_rows
+from forgetscale.laws.options import FitOptions
+from forgetscale.laws.outputs import StagedOutputs, check_output_file, dumps, json_safe
+from forgetscale.laws.registry import Law, get_law
+from forgetscale.laws.table import FitData, Holdout, check_table, read_table, select_rows
 
 FIT_FORMAT = "forgetscale-fit/1"
 CI_LEVEL = 0.95
+#: Fit files larger than this are not fits (a bootstrap of 100,000 x 13 is ~30 MB).
+MAX_FIT_BYTES = 64 * 1024 * 1024
+
+
+def fit_file_bytes(law: Law, n_boot: int) -> int:
+    """About how many bytes a saved fit of ``law`` with ``n_boot`` resamples takes."""
+    return 16 * 1024 + n_boot * len(law.params) * 32
+
+
+def is_fit_file(path: Path) -> bool:
+    """``path`` holds a saved fit (so a new fit may replace it)."""
+    try:
+        if path.stat().st_size > MAX_FIT_BYTES:
+            return False
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and d.get("format") == FIT_FORMAT
 
 
 @dataclass
@@ -57,13 +80,15 @@ class FitResult:
         message: L-BFGS-B's termination message for the kept optimum.
         on_bound: Parameters that ended on (within 1e-5 of the range of) a bound.
         objective: Final objective value (Huber of log residuals / delta^2, mean).
-        holdout: ``{"r2": {target: ...}, "rmse": {target: ...}, "n_points": int}`` on
-            the held-out rows, or ``None``.
+        holdout: ``{"r2": {target: ...}, "rmse": {target: ...}, "n_points": int,
+            "description": str}`` on the held-out rows, or ``None``.
         min_step: Rows with ``step < min_step`` were excluded.
         n_starts: Number of L-BFGS-B starts run (best of the vectorised grid).
         n_grid: Number of grid points evaluated.
         bootstrap: Refitted parameters per resample ``(B, k)`` (natural scale), or ``None``.
         seconds: Wall time of the fit (without bootstrap) and of the bootstrap.
+        notes: Warnings in words: not converged, parameters on a bound, failed
+            bootstrap refits, no interval from a single run.
     """
 
     law: str
@@ -84,6 +109,7 @@ class FitResult:
     n_grid: int = 0
     bootstrap: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def law_spec(self) -> Law:
@@ -120,6 +146,7 @@ class FitResult:
             "n_points": self.n_points,
             "converged": self.converged,
             "holdout": holdout,
+            "notes": list(self.notes),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,52 +171,32 @@ class FitResult:
         )
         return d
 
-    def save(self, path: str | Path) -> None:
-        """Write the fit as JSON; :func:`load_fit` reads it back exactly."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n")
+    def to_file_text(self) -> str:
+        """The fit as strict JSON text (NaN/inf as ``null``), as :meth:`save` writes it."""
+        d, _ = json_safe(self.to_dict())
+        return dumps(d, indent=1) + "\n"
+
+    def save(self, path: str | Path, *, option: str = "save") -> None:
+        """Write the fit as JSON, atomically; :func:`~forgetscale.laws.fitfile.load_fit`
+        reads it back exactly. An existing file is replaced only if it is a fit."""
+        text = self.to_file_text()
+        check_output_file(
+            path, option, size=len(text), replaceable=is_fit_file, what="a forgetscale fit"
+        )
+        with StagedOutputs() as out:
+            out.write_text(path, text, option)
 
     def predict(self, target: str, **variables: Any) -> np.ndarray:
         """Evaluate the fitted law: ``fit.predict("forgetting_loss", params_trained=P, step=N)``."""
         return self.law_spec(self.params, target, **variables)
 
 
-def load_fit(path: str | Path) -> FitResult:
-    """Read a fit written by :meth:`FitResult.save`."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read fit {path}: {exc}") from exc
-    if not isinstance(d, dict) or d.get("format") != FIT_FORMAT:
-        raise UserError(f"{path} is not a forgetscale fit (written by `forgetscale fit --save`)")
-    law = get_law(d["law"])
-    boot = d.get("bootstrap")
-    return FitResult(
-        law=law.name,
-        targets=tuple(d["targets"]),
-        params={k: float(v) for k, v in d["params"].items()},
-        ci={k: (float(v[0]), float(v[1])) for k, v in d.get("ci", {}).items()},
-        r2=d.get("r2_by_target", {}),
-        rmse=d.get("rmse_by_target", {}),
-        n_points=d.get("n_points", 0),
-        n_runs=d.get("n_runs", 0),
-        converged=d.get("converged", True),
-        message=d.get("message", ""),
-        on_bound=d.get("on_bound", []),
-        objective=d.get("objective", float("nan")),
-        holdout=d.get("holdout_by_target"),
-        min_step=d.get("min_step", 1),
-        n_starts=d.get("n_starts", 0),
-        n_grid=d.get("n_grid", 0),
-        bootstrap=None if boot is None else np.asarray(boot, dtype=float),
-        seconds=d.get("seconds", {}),
-    )
-
-
 # ------------------------------------------------------------------------ the fit
 
 
-def _grid(law: Law, columns: Mapping[str, np.ndarray], target: str | None) -> list[dict]:
+def start_points(law: Law, columns: Mapping[str, np.ndarray], target: str | None) -> list[dict]:
+    """The grid of starting points for a fit of ``law`` to ``columns`` (natural scale):
+    the law's ``grid_fn`` when it has one, else the product of its ``Param.grid``."""
     spec: Any = law.grid_fn(columns, target) if law.grid_fn else None
     if spec is None:
         spec = {p.name: p.grid for p in law.params}
@@ -208,6 +215,7 @@ def _quality(y: np.ndarray, yhat: np.ndarray) -> tuple[float, float]:
 
 
 def _evaluate(law: Law, params: Mapping[str, float], data: FitData, targets) -> dict:
+    """R^2 and RMSE (loss scale) of ``law`` with ``params`` on ``data``, per target."""
     X = {v: data.columns[v] for v in law.variables}
     r2, rmse = {}, {}
     for t in targets:
@@ -216,15 +224,14 @@ def _evaluate(law: Law, params: Mapping[str, float], data: FitData, targets) -> 
     return {"r2": r2, "rmse": rmse, "n_points": len(data)}
 
 
-def resolve_targets(law: Law, target: str | None) -> tuple[str, ...]:
-    """The targets a fit of ``law`` uses (``target`` is ignored by joint laws)."""
+def resolve_fit_targets(law: Law, target: str | None) -> tuple[str, ...]:
+    """The columns a fit of ``law`` models: ``target`` (default: the law's first), or
+    all of a joint law's targets (then ``target``, if given, must be one of them)."""
+    if target is not None and target not in law.targets:
+        raise UserError(f"law {law.name!r} predicts {', '.join(law.targets)}, not {target!r}")
     if law.joint:
         return tuple(law.targets)
-    if target is None:
-        return (law.targets[0],)
-    if target not in law.targets:
-        raise UserError(f"law {law.name!r} predicts {', '.join(law.targets)}, not {target!r}")
-    return (target,)
+    return (target or law.targets[0],)
 
 
 def fit_data(
@@ -243,7 +250,9 @@ def fit_data(
     Y = {t: data.columns[t] for t in targets}
     obj = Objective(law, targets, X, Y, delta)
     points = (
-        [init] if init is not None else _grid(law, data.columns, None if law.joint else targets[0])
+        [init]
+        if init is not None
+        else start_points(law, data.columns, None if law.joint else targets[0])
     )
     Z = np.array([obj.to_z(p) for p in points])
     Z = np.unique(Z, axis=0)
@@ -323,7 +332,7 @@ def fit_law(
     target: str | None = None,
     *,
     min_step: float = 1,
-    holdout: str | Sequence[str] | None = None,
+    holdout: Holdout | str | Sequence[str] | None = None,
     n_boot: int = 0,
     seed: int = 0,
     n_starts: int | None = 10,
@@ -336,32 +345,49 @@ def fit_law(
         table: A pandas DataFrame with the export columns, or a path to a CSV,
             parquet or SQLite results store.
         law: Law name (see :func:`forgetscale.laws.list_laws`) or a :class:`Law`.
-        target: ``forgetting_loss`` (default for non-joint laws) or ``finetune_loss``;
-            ignored by joint laws, which fit all their targets.
+        target: The column to model: ``forgetting_loss`` (default for non-joint laws),
+            ``finetune_loss``, ``forgetting_loss_soft``, ``kl`` or ``disagreement``
+            (1 - agreement). Joint laws fit all their targets.
         min_step: Exclude rows with ``step < min_step``. Power laws in N always
             exclude step 0 (the base model, N = 0). The paper used 50.
-        holdout: ``"largest-P"`` (runs with the largest P), ``"largest-N"`` (the top 20%
-            of step values), or run ids: these rows are not fitted; the result reports
-            R^2/RMSE on them.
+        holdout: ``"largest-P"`` (the runs with the largest P), ``"largest-N"`` (the
+            last 20% of the steps of every run), run ids, or a
+            :class:`~forgetscale.laws.table.Holdout`: these rows are not fitted; the
+            result reports R^2/RMSE on them (see also
+            :func:`forgetscale.laws.holdout.evaluate_holdout`).
         n_boot: Bootstrap resamples (whole runs) for confidence intervals; 0 = none.
         seed: Seed of the bootstrap resampling.
         n_starts: L-BFGS-B starts from the best grid points (``None`` = every grid point).
         delta: Huber threshold on log residuals.
         workers: Processes for the bootstrap (``None`` = automatic, 1 = serial).
-    """
-    from forgetscale.laws.bootstrap import bootstrap_params
-    from forgetscale.laws.table import read_table
 
+    Every option is checked (:class:`~forgetscale.laws.options.FitOptions`) before
+    the table is read.
+    """
+    opts = FitOptions(
+        min_step=min_step,
+        holdout=holdout,
+        n_boot=n_boot,
+        seed=seed,
+        n_starts=n_starts,
+        delta=delta,
+        workers=workers,
+    )
     spec = law if isinstance(law, Law) else get_law(law)
-    targets = resolve_targets(spec, target)
+    targets = resolve_fit_targets(spec, target)
     df = table if hasattr(table, "columns") else read_table(table)
     data = check_table(df, spec, targets)
-    train, held = select_rows(data, spec, targets, min_step=min_step, holdout=holdout)
+    train, held = select_rows(data, spec, targets, min_step=opts.min_step, holdout=opts.holdout)
 
     t0 = time.perf_counter()
-    params, info, z = fit_data(spec, targets, train, n_starts=n_starts, delta=delta)
+    params, info, z = fit_data(spec, targets, train, n_starts=opts.n_starts, delta=opts.delta)
     seconds = {"fit": time.perf_counter() - t0}
     quality = _evaluate(spec, params, train, targets)
+    holdout_quality = None
+    if held is not None:
+        assert isinstance(opts.holdout, Holdout)
+        holdout_quality = _evaluate(spec, params, held, targets)
+        holdout_quality["description"] = opts.holdout.describe(held)
     result = FitResult(
         law=spec.name,
         targets=targets,
@@ -370,21 +396,37 @@ def fit_law(
         rmse=quality["rmse"],
         n_points=len(train),
         n_runs=len(np.unique(train.run_id)),
-        min_step=min_step,
-        holdout=None if held is None else _evaluate(spec, params, held, targets),
+        min_step=opts.min_step,
+        holdout=holdout_quality,
         seconds=seconds,
         **info,
     )
-    if n_boot > 0:
+    if not result.converged:
+        result.notes.append(f"L-BFGS-B did not converge: {result.message}")
+    if result.on_bound:
+        result.notes.append(
+            f"{', '.join(result.on_bound)} ended on a bound; the law may not be "
+            "identifiable from these runs"
+        )
+    if opts.n_boot > 0 and result.n_runs < 2:
+        result.notes.append(
+            "no confidence intervals: the bootstrap resamples whole runs, and the fit "
+            "has only 1 run"
+        )
+    elif opts.n_boot > 0:
         t0 = time.perf_counter()
         X = {v: train.columns[v] for v in spec.variables}
         Y = {t: train.columns[t] for t in targets}
         boot = bootstrap_params(
-            spec.name, targets, X, Y, train.run_id, z, n_boot, seed, delta, workers
-        )
+            spec.name, targets, X, Y, train.run_id, z, opts.n_boot, opts.seed, opts.delta,
+            opts.workers,
+        )  # fmt: skip
         result.bootstrap = boot
         result.ci = confidence_intervals(spec, boot)
         seconds["bootstrap"] = time.perf_counter() - t0
+        failed = int((~np.all(np.isfinite(boot), axis=1)).sum())
+        if failed:
+            result.notes.append(f"{failed} bootstrap refits failed and were ignored")
     return result
 
 
@@ -398,147 +440,3 @@ def confidence_intervals(
         return {}
     lo, hi = np.percentile(ok, [lo_q, hi_q], axis=0)
     return {p: (float(a), float(b)) for p, a, b in zip(law.param_names, lo, hi, strict=True)}
-
-
-# ----------------------------------------------------------------------- predict
-
-
-def resolve_law(spec: str | Path | FitResult) -> FitResult:
-    """A fit from a :class:`FitResult`, a saved ``FIT.json``, or a preset name."""
-    if isinstance(spec, FitResult):
-        return spec
-    s = str(spec)
-    if s.endswith(".json") or Path(s).is_file():
-        return load_fit(s)
-    if ":" not in s:
-        from forgetscale.laws.registry import list_presets
-
-        law = get_law(s)  # unknown law -> UserError
-        presets = [p for p in list_presets() if p.startswith(law.name + ":")]
-        hint = f"a preset ({', '.join(presets)}) or " if presets else ""
-        raise UserError(
-            f"law {law.name!r} has no parameters until fitted: give {hint}a FIT.json "
-            f"written by `forgetscale fit --save`"
-        )
-    law, params, _ = get_preset(s)
-    return FitResult(law=law.name, targets=tuple(law.targets), params=params, n_points=0)
-
-
-def predict(
-    law: str | Path | FitResult,
-    params_trained: Any = None,
-    step: Any = None,
-    *,
-    finetune_loss: Any = None,
-    level: float = CI_LEVEL,
-) -> dict[str, dict[str, np.ndarray | None]]:
-    """Predict losses from a preset, a saved fit or a :class:`FitResult`.
-
-    Returns ``{target: {"value": array, "lo": array | None, "hi": array | None}}`` for
-    every target the law predicts; the interval is the bootstrap percentile interval of
-    the prediction when the fit has bootstrap refits.
-    """
-    fit = resolve_law(law)
-    spec = fit.law_spec
-    given = {"params_trained": params_trained, "step": step, "finetune_loss": finetune_loss}
-    missing = [v for v in spec.variables if given[v] is None]
-    if missing:
-        flags = {
-            "params_trained": "--params",
-            "step": "--steps",
-            "finetune_loss": "--finetune-loss",
-        }
-        raise UserError(
-            f"law {spec.name!r} needs {', '.join(flags[m] for m in missing)} to predict"
-        )
-    X = {v: np.atleast_1d(np.asarray(given[v], dtype=float)) for v in spec.variables}
-    if "step" in X and spec.power_law and (X["step"] <= 0).any():
-        raise UserError("power laws in N are undefined at step 0; use steps >= 1")
-    if "params_trained" in X and (X["params_trained"] <= 0).any():
-        raise UserError("--params must be > 0")
-    X = dict(zip(X, np.broadcast_arrays(*X.values()), strict=True))
-    out: dict[str, dict[str, np.ndarray | None]] = {}
-    for t in fit.targets:
-        value = np.broadcast_to(spec.predict(fit.params, X, t), next(iter(X.values())).shape)
-        lo = hi = None
-        if fit.bootstrap is not None and len(fit.bootstrap):
-            boot = fit.bootstrap[np.all(np.isfinite(fit.bootstrap), axis=1)]
-            theta = {p: boot[:, i : i + 1] for i, p in enumerate(spec.param_names)}
-            draws = np.broadcast_to(spec.predict(theta, X, t), (len(boot), value.shape[0]))
-            lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)], axis=0)
-        out[t] = {"value": np.asarray(value, dtype=float), "lo": lo, "hi": hi}
-    return out
-
-
-# ----------------------------------------------------------------------- compare
-
-
-def compare_laws(
-    table: Any,
-    laws: Sequence[str],
-    target: str = "forgetting_loss",
-    *,
-    min_step: float = 1,
-    holdout: str | Sequence[str] | None = "largest-P",
-    n_starts: int | None = 10,
-) -> list[dict[str, Any]]:
-    """Fit each law on the same rows and rank them by held-out RMSE on ``target``.
-
-    Returns one dict per law, best first: ``law, n_params, r2, rmse, holdout_r2,
-    holdout_rmse, holdout_n_points, converged, note``. Laws that cannot be fitted
-    (or do not predict ``target``) come last with ``holdout_rmse = None`` and the
-    reason in ``note``.
-    """
-    from forgetscale.laws.table import read_table
-
-    if holdout is None:
-        raise UserError("compare ranks laws by held-out error: give --holdout")
-    specs = [get_law(n) for n in laws]  # unknown law -> UserError before any fitting
-    df = table if hasattr(table, "columns") else read_table(table)
-    rows, failed = [], []
-    for spec in specs:
-        base = {"law": spec.name, "n_params": len(spec.params)}
-        if target not in spec.targets:
-            failed.append({**base, "note": f"skipped: does not predict {target}"})
-            continue
-        try:
-            fit = fit_law(
-                df,
-                spec,
-                None if spec.joint else target,
-                min_step=min_step,
-                holdout=holdout,
-                n_starts=n_starts,
-            )
-        except UserError as exc:
-            failed.append({**base, "note": f"skipped: {exc}"})
-            continue
-        assert fit.holdout is not None
-        notes = []
-        if spec.joint:
-            notes.append("joint fit")
-        if "finetune_loss" in spec.variables:
-            notes.append("uses observed L_ft")
-        if not fit.converged:
-            notes.append("not converged")
-        if fit.on_bound:
-            notes.append("on bound: " + ",".join(fit.on_bound))
-        rows.append(
-            {
-                **base,
-                "r2": fit.r2[target],
-                "rmse": fit.rmse[target],
-                "holdout_r2": fit.holdout["r2"][target],
-                "holdout_rmse": fit.holdout["rmse"][target],
-                "holdout_n_points": fit.holdout["n_points"],
-                "converged": fit.converged,
-                "note": "; ".join(notes),
-            }
-        )
-    if not rows:
-        reasons = "; ".join(f"{f['law']}: {f['note']}" for f in failed)
-        raise UserError(f"no law could be fitted ({reasons})")
-    rows.sort(key=lambda r: r["holdout_rmse"])
-    for f in failed:
-        f.update(r2=None, rmse=None, holdout_r2=None, holdout_rmse=None, converged=None)
-    return rows + failed

@@ -1,11 +1,15 @@
 """The built-in laws: ``linear``, ``additive``, ``multiplicative``, ``kalajdzievski``.
 
+This module only defines them (:data:`BUILTIN_LAWS`); :mod:`forgetscale.laws`
+registers them when it is imported.
+
 Notation: P = ``params_trained`` (trainable non-embedding parameters), N = ``step``
 (optimizer updates), L_ft = ``finetune_loss``, L_f = ``forgetting_loss``.
 
-Sign rule (DESIGN.md): fine-tuning loss *falls* with P and N towards its floor E,
-so the power terms are added; forgetting loss *rises* with P and N towards its
-ceiling E, so the same terms are subtracted.
+Sign rule (docs/design.md, "The laws"): the fine-tuning loss *falls* with P and N
+towards its floor E, so the power terms are added; every forgetting quantity
+(L_f hard and soft, KL, 1 - agreement) *rises* with P and N towards its ceiling E,
+so the same terms are subtracted (:attr:`Target.rises <forgetscale.laws.registry.Target>`).
 """
 
 from __future__ import annotations
@@ -15,13 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from forgetscale.laws.registry import Law, Param, register_law
+from forgetscale.laws.presets import TABLE1
+from forgetscale.laws.registry import TARGETS, Law, Param
 
 FT, F = "finetune_loss", "forgetting_loss"
+#: Targets that rise with P and N (every forgetting quantity).
+RISING = tuple(t.name for t in TARGETS.values() if t.rises)
+#: Targets that fall with P and N.
+FALLING = tuple(t.name for t in TARGETS.values() if not t.rises)
 
 
 def _sign(target: str) -> float:
-    return 1.0 if target == FT else -1.0
+    """+1 for falling targets (power terms added), -1 for rising ones (subtracted)."""
+    return -1.0 if TARGETS[target].rises else 1.0
 
 
 def _geomean(x: np.ndarray) -> float:
@@ -31,7 +41,7 @@ def _geomean(x: np.ndarray) -> float:
 def _floor_grid(data: Mapping[str, np.ndarray], target: str) -> tuple[float, ...]:
     """Starting values for the asymptote E, relative to the observed losses."""
     y = data[target]
-    if target == FT:
+    if not TARGETS[target].rises:
         return tuple(float(f * y.min()) for f in (0.5, 0.8, 0.95))
     return tuple(float(f * y.max()) for f in (1.02, 1.15, 1.5))
 
@@ -48,39 +58,39 @@ def _linear_jac(theta, X, target):
 
 
 def _linear_grid(data, target):
-    slope, intercept = np.polyfit(data[FT], data[F], 1) if np.ptp(data[FT]) > 0 else (0.0, 1.0)
+    y = data[target]
+    slope, intercept = np.polyfit(data[FT], y, 1) if np.ptp(data[FT]) > 0 else (0.0, 1.0)
     c = float(np.clip(-slope, -50.0, 50.0))
     s = float(np.clip(intercept, 1e-3, 99.0))
     return {"s_f_ft": (s, 1.0, 3.0), "c_f_ft": (c, 0.5, 1.5)}
 
 
-register_law(
-    Law(
-        name="linear",
-        description=(
-            "Forgetting is linear in the fine-tuning loss (paper Eq. 4, Fig. 2): the lower "
-            "the fine-tuning loss, the more the model forgets."
+LINEAR = Law(
+    name="linear",
+    description=(
+        "Forgetting is linear in the fine-tuning loss (paper Eq. 4, Fig. 2): the lower "
+        "the fine-tuning loss, the more the model forgets. Fits any forgetting "
+        "quantity (--target) against L_ft."
+    ),
+    params=(
+        Param("s_f_ft", 1e-6, 100.0, grid=(1.0, 3.0), doc="L_f when L_ft = 0 (intercept)"),
+        Param(
+            "c_f_ft",
+            -100.0,
+            100.0,
+            grid=(0.5, 1.5),
+            log=False,
+            doc="forgetting per unit fine-tuning loss (minus the slope)",
         ),
-        params=(
-            Param("s_f_ft", 1e-6, 100.0, grid=(1.0, 3.0), doc="L_f when L_ft = 0 (intercept)"),
-            Param(
-                "c_f_ft",
-                -100.0,
-                100.0,
-                grid=(0.5, 1.5),
-                log=False,
-                doc="forgetting per unit fine-tuning loss (minus the slope)",
-            ),
-        ),
-        variables=(FT,),
-        targets=(F,),
-        formula={F: "L_f = s_f_ft - c_f_ft * L_ft"},
-        predict=_linear,
-        jacobian=_linear_jac,
-        power_law=False,
-        min_distinct={FT: 2},
-        grid_fn=_linear_grid,
-    )
+    ),
+    variables=(FT,),
+    targets=RISING,
+    formula={t: f"{TARGETS[t].symbol} = s_f_ft - c_f_ft * L_ft" for t in RISING},
+    predict=_linear,
+    jacobian=_linear_jac,
+    power_law=False,
+    min_distinct={FT: 2},
+    grid_fn=_linear_grid,
 )
 
 # ------------------------------------------------------------------------- additive
@@ -127,25 +137,24 @@ _POWER_PARAMS = dict(
     beta=Param("beta", 1e-4, 5.0, grid=(0.3,), doc="exponent in N"),
 )
 
-register_law(
-    Law(
-        name="additive",
-        description=(
-            "Chinchilla-style sum of power laws in P and N (Hoffmann et al. 2022). For the "
-            "forgetting target the power terms are subtracted: L_f rises towards E."
-        ),
-        params=tuple(_POWER_PARAMS[k] for k in ("E", "A", "alpha", "B", "beta")),
-        variables=("params_trained", "step"),
-        targets=(F, FT),
-        formula={
-            FT: "L_ft = E + A * P^-alpha + B * N^-beta",
-            F: "L_f = E - A * P^-alpha - B * N^-beta",
-        },
-        predict=_additive,
-        jacobian=_additive_jac,
-        min_distinct={"params_trained": 3, "step": 3},
-        grid_fn=_additive_grid,
-    )
+ADDITIVE = Law(
+    name="additive",
+    description=(
+        "Chinchilla-style sum of power laws in P and N (Hoffmann et al. 2022). For the "
+        "forgetting targets the power terms are subtracted: L_f rises towards E."
+    ),
+    params=tuple(_POWER_PARAMS[k] for k in ("E", "A", "alpha", "B", "beta")),
+    variables=("params_trained", "step"),
+    targets=(F, *FALLING, *RISING[1:]),
+    formula={
+        t: f"{TARGETS[t].symbol} = E {'-' if TARGETS[t].rises else '+'} A * P^-alpha "
+        f"{'-' if TARGETS[t].rises else '+'} B * N^-beta"
+        for t in TARGETS
+    },
+    predict=_additive,
+    jacobian=_additive_jac,
+    min_distinct={"params_trained": 3, "step": 3},
+    grid_fn=_additive_grid,
 )
 
 # ------------------------------------------------------------------- multiplicative
@@ -177,25 +186,23 @@ def _multiplicative_grid(data, target):
     }
 
 
-register_law(
-    Law(
-        name="multiplicative",
-        description=(
-            "Product of power laws in P and N (Zhang et al., ICLR 2024). For the forgetting "
-            "target the power term is subtracted: L_f rises towards E."
-        ),
-        params=tuple(_POWER_PARAMS[k] for k in ("E", "A", "alpha", "beta")),
-        variables=("params_trained", "step"),
-        targets=(F, FT),
-        formula={
-            FT: "L_ft = E + A * P^-alpha * N^-beta",
-            F: "L_f = E - A * P^-alpha * N^-beta",
-        },
-        predict=_multiplicative,
-        jacobian=_multiplicative_jac,
-        min_distinct={"params_trained": 3, "step": 3},
-        grid_fn=_multiplicative_grid,
-    )
+MULTIPLICATIVE = Law(
+    name="multiplicative",
+    description=(
+        "Product of power laws in P and N (Zhang et al., ICLR 2024). For the forgetting "
+        "targets the power term is subtracted: L_f rises towards E."
+    ),
+    params=tuple(_POWER_PARAMS[k] for k in ("E", "A", "alpha", "beta")),
+    variables=("params_trained", "step"),
+    targets=(F, *FALLING, *RISING[1:]),
+    formula={
+        t: f"{TARGETS[t].symbol} = E {'-' if TARGETS[t].rises else '+'} A * P^-alpha * N^-beta"
+        for t in TARGETS
+    },
+    predict=_multiplicative,
+    jacobian=_multiplicative_jac,
+    min_distinct={"params_trained": 3, "step": 3},
+    grid_fn=_multiplicative_grid,
 )
 
 # --------------------------------------------------------------------- kalajdzievski
@@ -250,8 +257,6 @@ def _kalajdzievski_jac(theta, X, target):
 
 def _kalajdzievski_grid(data, target):
     """Starting points: the two published presets plus a data-scaled grid."""
-    from forgetscale.laws.presets import TABLE1
-
     points = [dict(v) for v in TABLE1.values()]
     lft, lf = data[FT], data[F]
     slope, intercept = np.polyfit(lft, lf, 1) if np.ptp(lft) > 0 else (-1.0, 2.0 * lf.max())
@@ -285,42 +290,43 @@ def _kalajdzievski_grid(data, target):
     return points
 
 
-register_law(
-    Law(
-        name="kalajdzievski",
-        description=(
-            "The joint laws of Kalajdzievski (arXiv 2401.05605), fitted on both targets at "
-            "once: shifted power laws in P and N for L_ft, and L_f linear in the same form "
-            "with its own P and N constants. The form is RECONSTRUCTED from the constants "
-            "published in the paper's Table 1 (the paper gives the constants, not one "
-            "unambiguous formula); presets kalajdzievski:openorca and kalajdzievski:news "
-            "carry those constants."
-        ),
-        params=(
-            Param("a_f", 1e-3, 1e13, grid=(1e5,), doc="P scale of the forgetting term"),
-            Param("a_ft", 1e-3, 1e13, grid=(1e4,), doc="P scale of the fine-tuning term"),
-            Param("b_f", 1e-3, 1e8, grid=(30.0,), doc="N scale of the forgetting term"),
-            Param("b_ft", 1e-3, 1e8, grid=(50.0,), doc="N scale of the fine-tuning term"),
-            Param("c_ft", 1e-10, 1e4, grid=(0.002,), doc="multiplier of the power term"),
-            Param("c_f_ft", 1e-4, 100.0, grid=(1.5,), doc="forgetting per unit L_ft"),
-            Param("s_ft", 1e-6, 50.0, grid=(0.6,), doc="shift (floor) of L_ft"),
-            Param("s_f_ft", 1e-6, 100.0, grid=(2.0,), doc="intercept of L_f vs L_ft"),
-            Param("alpha_f", 1e-4, 5.0, grid=(0.04,), doc="P exponent, forgetting"),
-            Param("alpha_ft", 1e-4, 5.0, grid=(0.04,), doc="P exponent, fine-tuning"),
-            Param("beta_f", 1e-4, 5.0, grid=(0.12,), doc="N exponent, forgetting"),
-            Param("beta_ft", 1e-4, 5.0, grid=(0.12,), doc="N exponent, fine-tuning"),
-            Param("rho", 0.05, 20.0, grid=(7.7,), doc="outer exponent"),
-        ),
-        variables=("params_trained", "step"),
-        targets=(FT, F),
-        formula={
-            FT: "L_ft = c_ft * [(a_ft/P)^alpha_ft + (b_ft/N)^beta_ft]^rho + s_ft",
-            F: "L_f = s_f_ft - c_f_ft * (c_ft * [(a_f/P)^alpha_f + (b_f/N)^beta_f]^rho + s_ft)",
-        },
-        predict=_kalajdzievski,
-        jacobian=_kalajdzievski_jac,
-        joint=True,
-        min_distinct={"params_trained": 3, "step": 3},
-        grid_fn=_kalajdzievski_grid,
-    )
+KALAJDZIEVSKI = Law(
+    name="kalajdzievski",
+    description=(
+        "The joint laws of Kalajdzievski (arXiv 2401.05605), fitted on both targets at "
+        "once: shifted power laws in P and N for L_ft, and L_f linear in the same form "
+        "with its own P and N constants. The form is RECONSTRUCTED from the constants "
+        "published in the paper's Table 1 (the paper gives the constants, not one "
+        "unambiguous formula); presets kalajdzievski:openorca and kalajdzievski:news "
+        "carry those constants."
+    ),
+    params=(
+        Param("a_f", 1e-3, 1e13, grid=(1e5,), doc="P scale of the forgetting term"),
+        Param("a_ft", 1e-3, 1e13, grid=(1e4,), doc="P scale of the fine-tuning term"),
+        Param("b_f", 1e-3, 1e8, grid=(30.0,), doc="N scale of the forgetting term"),
+        Param("b_ft", 1e-3, 1e8, grid=(50.0,), doc="N scale of the fine-tuning term"),
+        Param("c_ft", 1e-10, 1e4, grid=(0.002,), doc="multiplier of the power term"),
+        Param("c_f_ft", 1e-4, 100.0, grid=(1.5,), doc="forgetting per unit L_ft"),
+        Param("s_ft", 1e-6, 50.0, grid=(0.6,), doc="shift (floor) of L_ft"),
+        Param("s_f_ft", 1e-6, 100.0, grid=(2.0,), doc="intercept of L_f vs L_ft"),
+        Param("alpha_f", 1e-4, 5.0, grid=(0.04,), doc="P exponent, forgetting"),
+        Param("alpha_ft", 1e-4, 5.0, grid=(0.04,), doc="P exponent, fine-tuning"),
+        Param("beta_f", 1e-4, 5.0, grid=(0.12,), doc="N exponent, forgetting"),
+        Param("beta_ft", 1e-4, 5.0, grid=(0.12,), doc="N exponent, fine-tuning"),
+        Param("rho", 0.05, 20.0, grid=(7.7,), doc="outer exponent"),
+    ),
+    variables=("params_trained", "step"),
+    targets=(FT, F),
+    formula={
+        FT: "L_ft = c_ft * [(a_ft/P)^alpha_ft + (b_ft/N)^beta_ft]^rho + s_ft",
+        F: "L_f = s_f_ft - c_f_ft * (c_ft * [(a_f/P)^alpha_f + (b_f/N)^beta_f]^rho + s_ft)",
+    },
+    predict=_kalajdzievski,
+    jacobian=_kalajdzievski_jac,
+    joint=True,
+    min_distinct={"params_trained": 3, "step": 3},
+    grid_fn=_kalajdzievski_grid,
 )
+
+#: The built-in laws, in the order ``forgetscale fit --help`` lists them.
+BUILTIN_LAWS: tuple[Law, ...] = (LINEAR, ADDITIVE, MULTIPLICATIVE, KALAJDZIEVSKI)

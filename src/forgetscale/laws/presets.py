@@ -1,4 +1,4 @@
-"""Published constants, registered as presets ``law:name``.
+"""Published constants, registered as presets ``law:name`` by :mod:`forgetscale.laws`.
 
 ``kalajdzievski:openorca`` and ``kalajdzievski:news`` are Table 1 of Kalajdzievski,
 "Scaling Laws for Forgetting When Fine-Tuning Large Language Models"
@@ -9,8 +9,6 @@ these constants; see that law's description.
 """
 
 from __future__ import annotations
-
-from forgetscale.laws.registry import register_preset
 
 SOURCE = "Kalajdzievski 2024, arXiv 2401.05605, Table 1"
 
@@ -48,5 +46,8 @@ TABLE1: dict[str, dict[str, float]] = {
     },
 }
 
-for _name, _constants in TABLE1.items():
-    register_preset(_name, "kalajdzievski", _constants, SOURCE)
+#: Every preset as ``(law, name, constants, source)``; plain data, registered on import
+#: of :mod:`forgetscale.laws`.
+PRESETS: tuple[tuple[str, str, dict[str, float], str], ...] = tuple(
+    ("kalajdzievski", name, constants, SOURCE) for name, constants in TABLE1.items()
+)

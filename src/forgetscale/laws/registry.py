@@ -34,10 +34,48 @@ import numpy as np
 
 from forgetscale.errors import UserError
 
-#: Column names (from the export table of the results store) that laws may read.
+#: Columns (from the export table of the results store) that laws may read.
 VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quantity a law can predict.
+
+    Attributes:
+        name: Column name (``fit --target NAME``).
+        symbol: Short name in tables and figures.
+        rises: The quantity grows with P and N (forgetting does; the fine-tuning loss
+            falls). Power laws subtract their power terms for rising targets, so the
+            curve approaches its asymptote E from below.
+        help: One line for ``--help`` and the docs.
+    """
+
+    name: str
+    symbol: str
+    rises: bool
+    help: str
+
+
+#: Everything a law may predict, by column name. ``disagreement`` is derived from the
+#: export column ``agreement`` when a table has no ``disagreement`` column.
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("finetune_loss", "L_ft", False, "fine-tuning loss on held-out task data"),
+        Target("forgetting_loss", "L_f", True, "hard forgetting loss (the paper's L_f)"),
+        Target("forgetting_loss_soft", "L_f soft", True, "soft forgetting loss"),
+        Target("kl", "KL", True, "KL(base || model) on the forgetting corpus"),
+        Target(
+            "disagreement",
+            "1 - agreement",
+            True,
+            "1 - agreement: share of positions whose top-1 token moved",
+        ),
+    )
+}
 #: Columns a law may predict.
-TARGET_COLUMNS: tuple[str, ...] = ("finetune_loss", "forgetting_loss")
+TARGET_COLUMNS: tuple[str, ...] = tuple(TARGETS)
 
 PredictFn = Callable[[Mapping[str, Any], Mapping[str, np.ndarray], str], np.ndarray]
 JacobianFn = Callable[[Mapping[str, Any], Mapping[str, np.ndarray], str], dict[str, np.ndarray]]
@@ -138,39 +176,51 @@ _LAWS: dict[str, Law] = {}
 _PRESETS: dict[str, tuple[str, dict[str, float], str]] = {}
 
 
-def register_law(law: Law) -> Law:
-    """Add ``law`` to the registry (its name must be new). Returns it."""
-    if law.name in _LAWS:
-        raise ValueError(f"law {law.name!r} is already registered")
+def register_law(law: Law, *, override: bool = False) -> Law:
+    """Add ``law`` to the registry and return it.
+
+    The built-in laws are registered when :mod:`forgetscale.laws` is imported, so they
+    are always there before user code runs. A name that is already registered is
+    refused with a :class:`ValueError` unless ``override=True``, which replaces that
+    law everywhere (its presets stay, and must name only parameters the new law has).
+    """
     if ":" in law.name:
         raise ValueError("law names may not contain ':' (reserved for presets)")
+    if law.name in _LAWS and not override:
+        raise ValueError(
+            f"law {law.name!r} is already registered; choose another name, or pass "
+            f"override=True to replace it"
+        )
     unknown = set(law.variables) - set(VARIABLE_COLUMNS)
     unknown |= set(law.targets) - set(TARGET_COLUMNS)
     if unknown:
         raise ValueError(f"law {law.name!r}: unknown columns {sorted(unknown)}")
+    for full, (law_name, params, _) in _PRESETS.items():
+        if law_name == law.name and set(params) != set(law.param_names):
+            raise ValueError(
+                f"law {law.name!r}: preset {full} has parameters {sorted(params)}, "
+                f"the new law {sorted(law.param_names)}"
+            )
     _LAWS[law.name] = law
     return law
 
 
 def register_preset(name: str, law: str, params: Mapping[str, float], source: str) -> None:
-    """Register published constants for ``law`` under ``"law:name"``."""
-    _ensure_builtins()
+    """Register published constants for the registered ``law`` under ``"law:name"``."""
     full = f"{law}:{name}"
-    spec = get_law(law)
+    if law not in _LAWS:
+        raise ValueError(f"preset {full}: no law {law!r} is registered")
+    if full in _PRESETS:
+        raise ValueError(f"preset {full} is already registered")
+    spec = _LAWS[law]
     missing = set(spec.param_names) - set(params)
     if missing:
         raise ValueError(f"preset {full}: missing parameters {sorted(missing)}")
     _PRESETS[full] = (law, {k: float(params[k]) for k in spec.param_names}, source)
 
 
-def _ensure_builtins() -> None:
-    # importing the modules registers the built-in laws and presets
-    from forgetscale.laws import library, presets  # noqa: F401
-
-
 def get_law(name: str) -> Law:
     """Return the registered law ``name``; a :class:`UserError` lists the known ones."""
-    _ensure_builtins()
     if name in _LAWS:
         return _LAWS[name]
     if name in _PRESETS:
@@ -180,7 +230,6 @@ def get_law(name: str) -> Law:
 
 def get_preset(name: str) -> tuple[Law, dict[str, float], str]:
     """Return ``(law, constants, source)`` for a preset such as ``kalajdzievski:openorca``."""
-    _ensure_builtins()
     if name not in _PRESETS:
         known = ", ".join(sorted(_PRESETS))
         raise UserError(f"unknown preset {name!r}; known presets: {known}")
@@ -190,11 +239,9 @@ def get_preset(name: str) -> tuple[Law, dict[str, float], str]:
 
 def list_laws() -> list[str]:
     """Names of the registered laws, in registration order."""
-    _ensure_builtins()
     return list(_LAWS)
 
 
 def list_presets() -> list[str]:
     """Names of the registered presets (``law:name``)."""
-    _ensure_builtins()
     return sorted(_PRESETS)

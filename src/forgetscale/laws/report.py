@@ -8,18 +8,23 @@ from typing import Any
 import numpy as np
 
 from forgetscale.laws.fitting import CI_LEVEL, FitResult
+from forgetscale.laws.registry import TARGETS
 
-_SHORT = {"finetune_loss": "L_ft", "forgetting_loss": "L_f"}
+
+def _finite(x: float | None) -> bool:
+    return x is not None and bool(np.isfinite(x))
 
 
 def _g(x: float | None, digits: int = 5) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}g}"
+    return f"{x:.{digits}g}" if _finite(x) else "-"
 
 
-def format_fit(fit: FitResult, holdout_desc: str | None = None) -> str:
-    """Parameter table with intervals, fit quality and warnings."""
+def _f(x: float | None, decimals: int) -> str:
+    return f"{x:.{decimals}f}" if _finite(x) else "-"
+
+
+def format_fit(fit: FitResult) -> str:
+    """Parameter table with intervals, fit quality (in-sample and held-out) and warnings."""
     law = fit.law_spec
     lines = [
         f"law: {law.name}" + (f" (joint fit of {', '.join(fit.targets)})" if fit.joint else "")
@@ -29,7 +34,8 @@ def format_fit(fit: FitResult, holdout_desc: str | None = None) -> str:
     excl = f"steps >= {fit.min_step:g}" + ("; step 0 excluded" if law.power_law else "")
     lines.append(f"data: {fit.n_points} points from {fit.n_runs} runs ({excl})")
     if fit.holdout is not None:
-        lines.append(f"held out: {fit.holdout['n_points']} points ({holdout_desc or 'holdout'})")
+        desc = fit.holdout.get("description") or "held out"
+        lines.append(f"held out (never fitted): {fit.holdout['n_points']} points, {desc}")
     status = "converged" if fit.converged else "NOT converged"
     lines.append(
         f"fit: {status}; Huber(delta=1e-3) on log residuals, L-BFGS-B from the best "
@@ -50,24 +56,18 @@ def format_fit(fit: FitResult, holdout_desc: str | None = None) -> str:
     lines.append("")
     head = f"{'target':<16} {'R^2':>8} {'RMSE':>9}"
     if fit.holdout is not None:
-        head += f" {'held-out R^2':>13} {'held-out RMSE':>14}"
+        head += f" {'held-out R^2':>13} {'held-out RMSE':>14} {'ratio':>6}"
     lines.append(head.rstrip())
     for t in fit.targets:
-        row = f"{t:<16} {fit.r2[t]:>8.4f} {fit.rmse[t]:>9.5f}"
+        row = f"{t:<16} {_f(fit.r2[t], 4):>8} {_f(fit.rmse[t], 5):>9}"
         if fit.holdout is not None:
-            row += f" {fit.holdout['r2'][t]:>13.4f} {fit.holdout['rmse'][t]:>14.5f}"
+            held = fit.holdout["rmse"][t]
+            ratio = held / fit.rmse[t] if fit.rmse[t] > 0 else None
+            row += f" {_f(fit.holdout['r2'][t], 4):>13} {_f(held, 5):>14} {_f(ratio, 2):>6}"
         lines.append(row)
-    if not fit.converged:
-        lines.append(f"warning: L-BFGS-B did not converge: {fit.message}")
-    if fit.on_bound:
-        lines.append(
-            f"warning: {', '.join(fit.on_bound)} ended on a bound; the law may not be "
-            "identifiable from these runs"
-        )
-    if fit.bootstrap is not None:
-        bad = int((~np.all(np.isfinite(fit.bootstrap), axis=1)).sum())
-        if bad:
-            lines.append(f"warning: {bad} bootstrap refits failed and were ignored")
+    if fit.holdout is not None:
+        lines.append("ratio: held-out RMSE / in-sample RMSE (near 1: the law extrapolates)")
+    lines.extend(f"warning: {note}" for note in fit.notes)
     return "\n".join(lines)
 
 
@@ -84,28 +84,26 @@ def format_compare(rows: Sequence[dict[str, Any]], target: str, holdout_desc: st
             lines.append(f"{'-':<5} {r['law']:<16} {r['n_params']:>6}  {r['note']}")
             continue
         lines.append(
-            f"{i:<5} {r['law']:<16} {r['n_params']:>6} {r['r2']:>8.4f} {r['rmse']:>9.5f} "
-            f"{r['holdout_r2']:>13.4f} {r['holdout_rmse']:>14.5f}  {r.get('note', '')}".rstrip()
+            f"{i:<5} {r['law']:<16} {r['n_params']:>6} {_f(r['r2'], 4):>8} {_f(r['rmse'], 5):>9} "
+            f"{_f(r['holdout_r2'], 4):>13} {_f(r['holdout_rmse'], 5):>14}  {r.get('note', '')}".rstrip()
         )
     return "\n".join(lines)
 
 
 def format_prediction(rows: Sequence[dict[str, Any]], header: str) -> str:
     """Table of predictions (one row per P, N) for ``forgetscale predict``."""
-    targets = [
-        t for t in ("finetune_loss", "forgetting_loss") if rows and rows[0].get(t) is not None
-    ]
+    targets = [t for t in TARGETS if rows and rows[0].get(t) is not None]
     keys = [k for k in ("params_trained", "step", "finetune_loss_in") if k in rows[0]]
     names = {"params_trained": "P", "step": "N", "finetune_loss_in": "L_ft (given)"}
     lines = [header, ""]
     head = " ".join(f"{names[k]:>12}" for k in keys)
-    head += "".join(f"  {_SHORT[t] + ' (' + t + ')':<34}" for t in targets)
+    head += "".join(f"  {TARGETS[t].symbol + ' (' + t + ')':<34}" for t in targets)
     lines.append(head.rstrip())
     for r in rows:
         line = " ".join(f"{_g(r[k], 6):>12}" for k in keys)
         for t in targets:
             ci = r["ci"].get(t)
-            cell = f"{r[t]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+            cell = _f(r[t], 4) + (f" [{_f(ci[0], 4)}, {_f(ci[1], 4)}]" if ci else "")
             line += f"  {cell:<34}"
         lines.append(line.rstrip())
     return "\n".join(lines)

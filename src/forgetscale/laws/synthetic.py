@@ -62,17 +62,19 @@ def synthetic_runs(
     Args:
         law: A law name (then give ``params``) or a preset such as ``kalajdzievski:openorca``.
         params: Parameter values (required unless ``law`` is a preset).
-        targets: Targets to draw (default: all the law predicts). Columns the law does not
-            predict are filled with a placeholder: ``finetune_loss`` = 1.0 if absent,
-            ``forgetting_loss`` from L_f = 2 - L_ft if absent.
+        targets: Targets to draw (default: the law's joint targets, or its first). Columns
+            the law does not predict are filled with a placeholder: ``finetune_loss`` =
+            1.0 if absent, ``forgetting_loss`` from L_f = 2 - L_ft if absent. A
+            ``disagreement`` target is written as the export column ``agreement``
+            (1 - disagreement), as the results store keeps it.
         params_trained: P values (default: :func:`lora_params` of the paper's ranks).
         steps: Measurement steps (>= 1).
         noise: Standard deviation of the multiplicative log-normal noise.
         seed: Random seed.
         runs_per_p: Independent runs (seeds) per P value.
         include_base: Also write a step-0 row per run (the base model; excluded by fits).
-            Its finetune_loss is the law at step 1 and its forgetting_loss 0.9 x the
-            run's smallest one (the base has forgotten nothing).
+            Its finetune_loss is the law at step 1, its forgetting losses 0.9 x the
+            run's smallest ones, its KL 0 and agreement 1 (the base has forgotten nothing).
     """
     import pandas as pd
 
@@ -80,7 +82,10 @@ def synthetic_runs(
         spec, params, _ = get_preset(str(law))
     else:
         spec = law if isinstance(law, Law) else get_law(law)
-    targets = tuple(targets or spec.targets)
+    if not targets:
+        primary = tuple(t for t in spec.targets if t in ("finetune_loss", "forgetting_loss"))
+        targets = spec.targets if spec.joint else primary or spec.targets[:1]
+    targets = tuple(targets)
     P_values = (
         list(params_trained)
         if params_trained is not None
@@ -108,9 +113,14 @@ def synthetic_runs(
                 clean["forgetting_loss"] = np.asarray(spec.predict(params, X, "forgetting_loss"))
             else:
                 clean["forgetting_loss"] = 2.0 - clean["finetune_loss"]
+            for t in targets:
+                if t not in clean:
+                    clean[t] = np.asarray(spec.predict(params, X, t))
             for col, y in clean.items():
                 y = np.broadcast_to(y, steps_arr.shape)
                 run[col] = y * np.exp(noise * rng.standard_normal(len(y)))
+            if "disagreement" in run:  # the store keeps agreement; fits derive 1 - agreement
+                run["agreement"] = 1.0 - run.pop("disagreement")
             frame = pd.DataFrame(run)
             if include_base:
                 base_ft = (
@@ -129,6 +139,13 @@ def synthetic_runs(
                     "finetune_loss": base_ft,
                     "forgetting_loss": 0.9 * float(frame["forgetting_loss"].min()),
                 }
+                # the base against its own reference: no KL, full agreement
+                if "kl" in frame:
+                    base["kl"] = 0.0
+                if "agreement" in frame:
+                    base["agreement"] = 1.0
+                if "forgetting_loss_soft" in frame:
+                    base["forgetting_loss_soft"] = 0.9 * float(frame["forgetting_loss_soft"].min())
                 frame = pd.concat([pd.DataFrame([base]), frame], ignore_index=True)
             rows.append(frame)
     df = pd.concat(rows, ignore_index=True)

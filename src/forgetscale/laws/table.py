@@ -1,18 +1,22 @@
 """Reading and checking measurement tables for fitting.
 
-A measurement table has the export columns of the results store, at least
-``run_id, params_trained, step, finetune_loss, forgetting_loss`` (more are allowed
-and ignored). It can be a CSV file, a parquet file, or a SQLite results store
+A measurement table has the export columns of the results store: every fit needs
+``run_id`` and ``step`` (:data:`REQUIRED_FIT_COLUMNS`) plus the columns its law reads
+and predicts (``params_trained``, ``finetune_loss``, ``forgetting_loss``, ...); more
+are allowed and ignored. ``disagreement`` is derived from ``agreement``. It can be a CSV file, a parquet file, or a SQLite results store
 (``.db``/``.sqlite``, read with :func:`forgetscale.store.read_measurements`).
 
 Every problem with the table is a :class:`~forgetscale.errors.UserError` with one
 clear line: a missing column, NaN/inf or non-positive losses, too few points for
 the law's parameters, a single P where the law needs several.
+
+Which rows a fit never sees (to measure how it extrapolates) is a :class:`Holdout`;
+:mod:`forgetscale.laws.holdout` evaluates a law on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,13 +25,22 @@ import numpy as np
 
 from forgetscale.errors import UserError
 from forgetscale.laws.registry import Law
+from forgetscale.store import read_measurements
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-EXPORT_COLUMNS = ("run_id", "params_trained", "step", "finetune_loss", "forgetting_loss")
-#: Fraction of the distinct step values held out by ``--holdout largest-N``.
+#: Columns every fit needs besides its law's variables and targets: the run (the
+#: bootstrap resamples whole runs) and the step (N; step 0 is the base model).
+REQUIRED_FIT_COLUMNS: tuple[str, ...] = ("run_id", "step")
+#: Targets computed from another export column when the table lacks them.
+DERIVED_TARGETS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "disagreement": ("agreement", lambda agreement: 1.0 - agreement),
+}
+#: Share of each run's steps (the last ones) that ``--holdout largest-N`` holds out.
 LARGEST_N_FRACTION = 0.2
+#: The named held-out schemes: the runs with the largest P, the last steps of every run.
+HOLDOUT_SCHEMES: tuple[str, ...] = ("largest-P", "largest-N")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -40,12 +53,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".db", ".sqlite", ".sqlite3"):
-            try:
-                from forgetscale.store import read_measurements
-            except ImportError as exc:
-                raise UserError(
-                    f"cannot read {path}: this install has no results-store reader"
-                ) from exc
             df = read_measurements(path)
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
@@ -93,21 +100,38 @@ def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
     return values
 
 
-def check_table(df: pd.DataFrame, law: Law, targets: Sequence[str]) -> FitData:
-    """Check the columns ``law`` needs and convert them to arrays (all rows)."""
-    needed = ["run_id", "step", *law.variables, *targets]
+def _column(df: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in df.columns and col in DERIVED_TARGETS:
+        source, derive = DERIVED_TARGETS[col]
+        return derive(_numeric(df, source))
+    return _numeric(df, col)
+
+
+def check_table(
+    df: pd.DataFrame, law: Law, targets: Sequence[str], extra: Sequence[str] = ()
+) -> FitData:
+    """Check the columns ``law`` needs for ``targets`` and convert them to arrays (all rows).
+
+    ``extra`` columns (e.g. for figures) are checked and converted too.
+    """
+    needed = [*REQUIRED_FIT_COLUMNS, *law.variables, *targets, *extra]
     if "params_trained" in df.columns and "params_trained" not in needed:
         needed.append("params_trained")  # used by --holdout largest-P and the plots
     needed = list(dict.fromkeys(needed))
-    missing = [c for c in needed if c not in df.columns]
+    present = set(df.columns) | {d for d, (src, _) in DERIVED_TARGETS.items() if src in df.columns}
+    missing = [c for c in needed if c not in present]
     if missing:
+        what = f"law {law.name!r} on {', '.join(targets)}"
         raise UserError(
-            f"missing column(s) {', '.join(missing)}; the table needs the export columns "
-            f"{', '.join(EXPORT_COLUMNS)}"
+            f"missing column(s) {', '.join(missing)}; {what} needs the columns "
+            f"{', '.join(needed)} (as `forgetscale export` writes them"
+            + (", disagreement from agreement)" if "disagreement" in missing else ")")
         )
+    if df["run_id"].isna().any():
+        raise UserError("column run_id has empty values")
     cols: dict[str, np.ndarray] = {}
     for c in needed[1:]:
-        v = _numeric(df, c)
+        v = _column(df, c)
         nonfinite = ~np.isfinite(v)
         if nonfinite.any():
             i = int(np.argmax(nonfinite))
@@ -116,44 +140,92 @@ def check_table(df: pd.DataFrame, law: Law, targets: Sequence[str]) -> FitData:
                 f"(first: run {df['run_id'].iloc[i]!r}, row {i}); drop or fix those rows"
             )
         cols[c] = v
-    for c in ("finetune_loss", "forgetting_loss"):
-        if c in cols and (cols[c] <= 0).any():
-            i = int(np.argmax(cols[c] <= 0))
-            raise UserError(
-                f"column {c} has non-positive values (e.g. {float(cols[c][i]):g} in run "
-                f"{df['run_id'].iloc[i]!r}); losses must be > 0"
-            )
     if "params_trained" in cols and (cols["params_trained"] <= 0).any():
         raise UserError("column params_trained has values <= 0")
     if (cols["step"] < 0).any():
         raise UserError("column step has negative values")
-    if df["run_id"].isna().any():
-        raise UserError("column run_id has empty values")
     return FitData(df["run_id"].astype(str).to_numpy(), cols)
 
 
-def holdout_mask(data: FitData, holdout: str | Sequence[str] | None) -> np.ndarray | None:
-    """Rows to hold out: ``largest-P``, ``largest-N`` or a list of run ids."""
-    if holdout is None or (not isinstance(holdout, str) and len(holdout) == 0):
-        return None
-    if isinstance(holdout, str):
-        holdout = [holdout]
-    holdout = list(holdout)
-    if holdout == ["largest-P"]:
-        if "params_trained" not in data.columns:
-            raise UserError("--holdout largest-P needs the params_trained column")
-        p = data.columns["params_trained"]
-        return p == p.max()
-    if holdout == ["largest-N"]:
-        steps = np.unique(data.columns["step"])
-        k = max(1, int(round(LARGEST_N_FRACTION * len(steps))))
-        return data.columns["step"] >= steps[-k]
-    if any(h in ("largest-P", "largest-N") for h in holdout):
-        raise UserError("--holdout takes largest-P, largest-N, or one or more run ids")
-    unknown = sorted(set(holdout) - set(data.run_id.tolist()))
-    if unknown:
-        raise UserError(f"--holdout: unknown run id(s) {', '.join(unknown)}")
-    return np.isin(data.run_id, holdout)
+@dataclass(frozen=True)
+class Holdout:
+    """Which rows a fit never sees, so that its error on them measures extrapolation.
+
+    Attributes:
+        scheme: ``largest-P``: the runs with the largest P, fitted on the others (does
+            the law extrapolate to a bigger adapter?); ``largest-N``: the last steps of
+            every run, fitted on the earlier ones (to a longer run?); ``runs``: the
+            runs named in ``run_ids``.
+        run_ids: The runs held out by scheme ``runs``.
+        fraction: Share of each run's steps that ``largest-N`` holds out, the last
+            ones, at least one step per run.
+    """
+
+    scheme: str
+    run_ids: tuple[str, ...] = ()
+    fraction: float = LARGEST_N_FRACTION
+
+    def __post_init__(self) -> None:
+        if self.scheme not in (*HOLDOUT_SCHEMES, "runs"):
+            raise UserError(
+                f"--holdout: unknown scheme {self.scheme!r}; use largest-P, largest-N or run ids"
+            )
+        if (self.scheme == "runs") != bool(self.run_ids):
+            raise UserError("--holdout: run ids go with (and only with) the scheme 'runs'")
+        if not (np.isfinite(self.fraction) and 0 < self.fraction < 1):
+            raise UserError(
+                f"holdout fraction must lie strictly between 0 and 1, got {self.fraction}"
+            )
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[str] | Holdout | None) -> Holdout | None:
+        """``largest-P``, ``largest-N``, run ids (a list), a :class:`Holdout` or ``None``."""
+        if spec is None or isinstance(spec, Holdout):
+            return spec
+        names = [spec] if isinstance(spec, str) else [str(s) for s in spec]
+        if not names:
+            return None
+        if len(names) == 1 and names[0] in HOLDOUT_SCHEMES:
+            return cls(names[0])
+        if any(n in HOLDOUT_SCHEMES for n in names):
+            raise UserError("--holdout takes largest-P, largest-N, or one or more run ids")
+        if len(set(names)) != len(names):
+            raise UserError("--holdout names a run id twice")
+        return cls("runs", run_ids=tuple(names))
+
+    def mask(self, data: FitData) -> np.ndarray:
+        """Boolean mask of the held-out rows of ``data``."""
+        if self.scheme == "largest-P":
+            if "params_trained" not in data.columns:
+                raise UserError("--holdout largest-P needs the params_trained column")
+            p = data.columns["params_trained"]
+            return p == p.max()
+        if self.scheme == "largest-N":
+            step = data.columns["step"]
+            held = np.zeros(len(data), dtype=bool)
+            for run in np.unique(data.run_id):
+                rows = data.run_id == run
+                steps = np.unique(step[rows])
+                k = max(1, int(round(self.fraction * len(steps))))
+                held |= rows & (step >= steps[-k])
+            return held
+        unknown = sorted(set(self.run_ids) - set(data.run_id.tolist()))
+        if unknown:
+            raise UserError(f"--holdout: unknown run id(s) {', '.join(unknown)}")
+        return np.isin(data.run_id, self.run_ids)
+
+    def describe(self, held: FitData) -> str:
+        """The held-out rows ``held`` in words, for reports."""
+        runs = ", ".join(sorted(np.unique(held.run_id)))
+        if self.scheme == "largest-P":
+            p = held.columns["params_trained"].max()
+            return f"the runs with the largest P, P = {p:.4g}: {runs}"
+        if self.scheme == "largest-N":
+            return (
+                f"the last {self.fraction:.0%} of the steps of every run, the earliest "
+                f"at step {held.columns['step'].min():g}"
+            )
+        return f"the runs {runs}"
 
 
 def select_rows(
@@ -161,12 +233,13 @@ def select_rows(
     law: Law,
     targets: Sequence[str],
     min_step: float = 1,
-    holdout: str | Sequence[str] | None = None,
+    holdout: Holdout | None = None,
 ) -> tuple[FitData, FitData | None]:
     """Apply ``min_step`` (and N > 0 for power laws) and split off the held-out rows.
 
     Returns ``(train, held_out)``; ``held_out`` is ``None`` without ``holdout``.
-    Raises :class:`UserError` when the training rows cannot identify the law.
+    Raises :class:`UserError` when the training rows cannot identify the law, or a
+    fitted column is not positive (the fit works on log residuals).
     """
     keep = data.columns["step"] >= min_step
     if law.power_law:
@@ -174,9 +247,18 @@ def select_rows(
     data = data.subset(keep)
     if len(data) == 0:
         raise UserError(f"no rows left after --min-step {min_step:g}")
-    mask = holdout_mask(data, holdout)
+    for c in dict.fromkeys([*targets, *(v for v in law.variables if v == "finetune_loss")]):
+        bad = data.columns[c] <= 0
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(
+                f"column {c} has non-positive values (e.g. {float(data.columns[c][i]):g} in run "
+                f"{data.run_id[i]!r} at step {data.columns['step'][i]:g}); fits use log "
+                f"residuals, so it must be > 0 (raise --min-step to skip the base model)"
+            )
     held = None
-    if mask is not None:
+    if holdout is not None:
+        mask = holdout.mask(data)
         if not mask.any():
             raise UserError("--holdout selects no rows")
         held = data.subset(mask)
@@ -188,7 +270,7 @@ def select_rows(
     if n_obs <= k:
         raise UserError(
             f"law {law.name!r} has {k} parameters but only {n_obs} observation(s) remain "
-            f"to fit (after --min-step{' and --holdout' if mask is not None else ''}); "
+            f"to fit (after --min-step{' and --holdout' if holdout is not None else ''}); "
             f"need more than {k}"
         )
     for col, need in law.min_distinct.items():

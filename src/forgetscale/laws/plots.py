@@ -1,16 +1,18 @@
 """Figures for fitted laws, like the paper's, each written as PNG plus the CSV behind it.
 
-:func:`plot_fit` writes, for a :class:`~forgetscale.laws.FitResult` and its table:
+:func:`plot_fit` writes, for a :class:`~forgetscale.laws.FitResult` and its table
+(the points and predictions come from :func:`forgetscale.laws.holdout.point_table`):
 
 - ``forgetting_vs_finetune.png``: L_f against L_ft per run with the fitted line
   of the ``linear`` law (the paper's Fig. 2);
-- ``loss_vs_steps.png``: L_ft and L_f against N, one colour per P, with the
-  fitted curves (the paper's Fig. 3; log axes for power laws);
+- ``loss_vs_steps.png``: L_ft, L_f and the fitted target against N, one colour per
+  P, with the fitted curves (the paper's Fig. 3; log axes for power laws);
 - ``predicted_vs_observed.png``: the law's prediction against the measurement;
 - ``residuals.png``: log residuals (log predicted - log observed) against N.
 
 Held-out points (``holdout``) are drawn hollow. Matplotlib runs with the Agg
-backend, so no display is needed.
+backend, so no display is needed. Files are written through
+:class:`~forgetscale.laws.outputs.StagedOutputs`: all of them, or none.
 """
 
 from __future__ import annotations
@@ -21,19 +23,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forgetscale.errors import UserError
+from forgetscale.laws.fitting import FitResult, fit_data
+from forgetscale.laws.holdout import HELD_OUT, IN_SAMPLE, point_table
+from forgetscale.laws.outputs import StagedOutputs, check_output_folder
+from forgetscale.laws.registry import get_law
+from forgetscale.laws.table import FitData, Holdout
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from forgetscale.laws.fitting import FitResult
-
 LABELS = {
     "finetune_loss": "fine-tuning loss $L_{ft}$",
     "forgetting_loss": "forgetting loss $L_f$",
+    "forgetting_loss_soft": "soft forgetting loss $L_f^{soft}$",
+    "kl": "KL(base || model)",
+    "disagreement": "1 - agreement",
     "step": "fine-tuning steps $N$",
     "params_trained": "trainable parameters $P$",
 }
+#: The files :func:`plot_fit` writes (each as .png and .csv).
+FIGURES: tuple[str, ...] = (
+    "forgetting_vs_finetune",
+    "loss_vs_steps",
+    "predicted_vs_observed",
+    "residuals",
+)
+#: Bytes the figures need, about (checked against the free space before a fit).
+FIGURES_BYTES = 4 * 1024 * 1024
 
 
 def _pyplot():
@@ -51,28 +67,6 @@ def _colors(p_values: np.ndarray) -> dict[float, Any]:
     uniq = np.unique(p_values)
     cmap = plt.get_cmap("viridis")
     return {p: cmap(i / max(len(uniq) - 1, 1) * 0.9) for i, p in enumerate(uniq)}
-
-
-def _rows(fit: FitResult, df: pd.DataFrame, holdout) -> pd.DataFrame:
-    """The table's rows used by the fit (``split`` = fit / holdout) with predictions."""
-    import pandas as pd
-
-    from forgetscale.laws.table import check_table, select_rows
-
-    law = fit.law_spec
-    targets = [t for t in ("finetune_loss", "forgetting_loss") if t in df.columns]
-    data = check_table(df, law, [t for t in targets if t not in law.variables])
-    train, held = select_rows(data, law, fit.targets, min_step=fit.min_step, holdout=holdout)
-    frames = []
-    for split, part in (("fit", train), ("holdout", held)):
-        if part is None:
-            continue
-        frame = pd.DataFrame({"run_id": part.run_id, **part.columns, "split": split})
-        X = {v: part.columns[v] for v in law.variables}
-        for t in fit.targets:
-            frame[f"predicted_{t}"] = np.broadcast_to(law.predict(fit.params, X, t), (len(part),))
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
 
 
 def _plain_ticks(ax) -> None:
@@ -93,51 +87,74 @@ def _plain_ticks(ax) -> None:
 
 def _scatter(ax, rows, x, y, colors, label_runs: bool = True) -> None:
     seen = set()
-    for (p, split), g in rows.groupby(["params_trained", "split"]):
+    groups = rows.groupby(["params_trained", "split"])
+    for (p, split), g in sorted(groups, key=lambda item: (item[0][0], item[0][1] != IN_SAMPLE)):
         c = colors[p]
         label = f"P = {p:.3g}" if label_runs and p not in seen else None
         seen.add(p)
-        kw = {"facecolors": "none", "edgecolors": [c]} if split == "holdout" else {"color": c}
+        kw = {"facecolors": "none", "edgecolors": [c]} if split == HELD_OUT else {"color": c}
         ax.scatter(g[x], g[y], s=16, label=label, **kw)
+
+
+def figure_files() -> list[str]:
+    """Names of the files :func:`plot_fit` writes into its folder."""
+    return [f"{name}.{ext}" for name in FIGURES for ext in ("png", "csv")]
 
 
 def plot_fit(
     fit: FitResult,
     df: pd.DataFrame,
     outdir: str | Path,
-    holdout: str | Sequence[str] | None = None,
+    holdout: Holdout | str | Sequence[str] | None = None,
+    *,
+    option: str = "--plots",
 ) -> list[Path]:
-    """Write the four figures (PNG + CSV) for ``fit`` on ``df`` to ``outdir``; returns paths."""
+    """Write the four figures (PNG + CSV) for ``fit`` on ``df`` to ``outdir``; returns paths.
+
+    Nothing is written unless every file is (``option`` names the folder in errors).
+    """
+    check_output_folder(outdir, option, figure_files(), size=FIGURES_BYTES)
+    with StagedOutputs() as staged:
+        stage_figures(fit, df, outdir, holdout, staged, option=option)
+        return staged.commit()
+
+
+def stage_figures(
+    fit: FitResult,
+    df: pd.DataFrame,
+    outdir: str | Path,
+    holdout: Holdout | str | Sequence[str] | None,
+    staged: StagedOutputs,
+    *,
+    option: str = "--plots",
+) -> None:
+    """Draw the figures of :func:`plot_fit` into ``staged`` (renamed in when it commits)."""
     import pandas as pd
 
-    from forgetscale.laws.fitting import fit_data
-    from forgetscale.laws.registry import get_law
-    from forgetscale.laws.table import FitData
-
-    plt = _pyplot()
     out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create plot directory {out}: {exc}") from exc
+    holdout = Holdout.parse(holdout)
+    plt = _pyplot()
     law = fit.law_spec
-    rows = _rows(fit, df, holdout)
+    plotted = ("finetune_loss", "forgetting_loss")
+    rows = point_table(fit, df, holdout, extra=plotted)
     if "params_trained" not in rows:
         rows["params_trained"] = 0.0
     colors = _colors(rows["params_trained"].to_numpy())
-    written: list[Path] = []
-    hollow = " (hollow: held out)" if (rows["split"] == "holdout").any() else ""
+    hollow = " (hollow: held out)" if (rows["split"] == HELD_OUT).any() else ""
 
     def save(fig, name: str, table: pd.DataFrame) -> None:
         fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=130)
-        plt.close(fig)
-        table.to_csv(out / f"{name}.csv", index=False)
-        written.extend([out / f"{name}.png", out / f"{name}.csv"])
+        try:
+            staged.write(
+                out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=130, format="png"), option
+            )
+        finally:
+            plt.close(fig)
+        staged.write(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False), option)
 
     # -- Fig. 2: L_f vs L_ft with the linear law ----------------------------------------
     if {"finetune_loss", "forgetting_loss"} <= set(rows.columns):
-        fitted = rows[rows["split"] == "fit"]
+        fitted = rows[rows["split"] == IN_SAMPLE]
         if law.name == "linear":
             line = fit.params
         else:
@@ -165,7 +182,7 @@ def plot_fit(
         save(fig, "forgetting_vs_finetune", table)
 
     # -- Fig. 3: losses vs N per P with fitted curves ------------------------------------
-    panels = [t for t in ("finetune_loss", "forgetting_loss") if t in rows.columns]
+    panels = [t for t in dict.fromkeys([*plotted, *fit.targets]) if t in rows.columns]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False)
     curves = []
     for ax, t in zip(axes[0], panels, strict=True):
@@ -239,4 +256,3 @@ def plot_fit(
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"law: {law.name}: log(predicted) - log(observed){hollow}", fontsize=10)
     save(fig, "residuals", table)
-    return written
