@@ -334,7 +334,12 @@ def _with_disagreement(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def holdout_evaluation(
-    df: pd.DataFrame, law: str, target: str, scheme: str, config: AnalysisConfig
+    df: pd.DataFrame,
+    law: str,
+    target: str,
+    scheme: str,
+    config: AnalysisConfig,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One held-out evaluation of ``law`` on ``target``: ``scheme`` is ``runs`` (the runs of
     the ``config.holdout_runs`` largest P values) or ``steps`` (the last
@@ -362,9 +367,19 @@ def holdout_evaluation(
     pts = points[cols].rename(columns={target: "observed", f"predicted_{target}": "predicted"})
     pts["split"] = pts["split"].map({"in_sample": "in_sample", "held_out": "held_out"})
     ratio = ev.rmse_ratio.get(target)
+    description = ev.description
+    if scheme == "runs":
+        held = points[points["split"] == "held_out"]
+        names = ", ".join(
+            sorted({labels.get(i, i) for i in held["run_id"]}) if labels else sorted(held["run_id"])
+        )
+        description = (
+            f"the runs of the {config.holdout_runs} largest P "
+            f"(P = {', '.join(f'{p:.3g}' for p in top)}): {names}"
+        )
     return {
         "scheme": scheme,
-        "description": ev.description,
+        "description": description,
         "rmse": ev.rmse_held_out[target],
         "r2": ev.r2_held_out[target],
         "rmse_in_sample": ev.rmse_in_sample[target],
@@ -409,7 +424,11 @@ def _bound_words(fit: FitResult) -> str:
 
 
 def _fit_one(
-    df: pd.DataFrame, law: str, target: str, config: AnalysisConfig
+    df: pd.DataFrame,
+    law: str,
+    target: str,
+    config: AnalysisConfig,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], FitResult | None]:
     from forgetscale.laws import fit_law, get_law
 
@@ -460,7 +479,7 @@ def _fit_one(
         if not active:
             continue
         try:
-            entry[key] = holdout_evaluation(df, law, target, scheme, config)
+            entry[key] = holdout_evaluation(df, law, target, scheme, config, labels)
         except UserError as exc:
             entry[key] = {"scheme": scheme, "error": str(exc)}
     return entry, fit
@@ -563,6 +582,7 @@ def default_ranks(ranks_run: Sequence[int]) -> list[int]:
 
 
 def _predictions(
+    df: pd.DataFrame,
     runs: list[dict[str, Any]],
     best: dict[str, dict[str, Any] | None],
     fits: dict[tuple[str, str], FitResult],
@@ -572,7 +592,7 @@ def _predictions(
     from forgetscale.laws import predict
 
     used = [r for r in runs if r["run_id"] in fitted_ids]
-    out: dict[str, Any] = {"rows": [], "targets": [], "laws": {}, "note": ""}
+    out: dict[str, Any] = {"rows": [], "observed": [], "targets": [], "laws": {}, "note": ""}
     ppr = params_per_rank(used)
     if ppr is None:
         out["note"] = "no LoRA runs with a rank: P cannot be derived for a rank not run"
@@ -618,6 +638,20 @@ def _predictions(
                 "hi": None if v["hi"] is None else float(v["hi"][i]),
             }
         out["rows"].append(row)
+    # the ranks run, at the same step: what was measured beside what the law says
+    for r in ranks_run:
+        ids = [x["run_id"] for x in used if x["rank"] == r]
+        at = df[df["run_id"].isin(ids) & (df["step"] == horizon)]
+        if not len(at):
+            continue
+        p = float(at["params_trained"].astype(float).mean())
+        obs = {"rank": r, "params_trained": p, "step": int(horizon), "n_runs": len(ids)}
+        for t in targets:
+            fit = fits[(t, best[t]["law"])]  # type: ignore[index]
+            law_value = float(np.ravel(fit.predict(t, params_trained=p, step=float(horizon)))[0])
+            vals = at[t].dropna() if t in at else at.iloc[0:0]
+            obs[t] = {"observed": float(vals.mean()) if len(vals) else None, "law": law_value}
+        out["observed"].append(obs)
     return out
 
 
@@ -1026,6 +1060,9 @@ def _figures(
                     "rmse_in_sample": ev["rmse_in_sample"],
                     "points": ev["points"],
                 }
+        for sch in schemes.values():
+            sch["points"] = dict(sch["points"])
+            sch["points"]["label"] = [labels.get(i, i) for i in sch["points"]["run_id"]]
         if schemes:
             pv[t] = {"law": s["law"], "identified": s["identified"], "schemes": schemes}
     if pv:
@@ -1033,8 +1070,8 @@ def _figures(
             "title": "Predicted against observed, on runs and steps the fit never saw",
             "caption": (
                 "Per target, the law shown fitted without the held-out points (hollow) and "
-                "predicting them. Left of each pair: held-out runs (the largest P); right: "
-                "held-out steps (the last steps of every run). On the dotted line prediction = "
+                "predicting them. Top row: held-out runs (the largest P); bottom row: held-out "
+                "steps (the last steps of every run). On the dotted line prediction = "
                 "observation."
             ),
             "data": pv,
@@ -1192,6 +1229,7 @@ def analyse(
                 f"Run {r['label']} has not finished (last step {r['last_step']}); it is not fitted."
             )
     fitted_ids = {r["run_id"] for r in runs if r["status"] == "finished"}
+    labels = {r["run_id"]: r["label"] for r in runs}
     df = meas[meas["run_id"].isin(fitted_ids)].copy()
     if not fitted_ids:
         warnings.append("No run has finished: there is nothing to fit.")
@@ -1212,7 +1250,7 @@ def analyse(
                 continue
             needed = ["finetune_loss", target] if law == "linear" else [target]
             sub = df.dropna(subset=[c for c in needed if c in df.columns])
-            entry, fit = _fit_one(sub, law, target, config)
+            entry, fit = _fit_one(sub, law, target, config, labels)
             entries.append(entry)
             if fit is not None:
                 fits[(target, law)] = fit
@@ -1266,7 +1304,7 @@ def analyse(
                 f"(at least {need})."
             )
 
-    predictions = _predictions(runs, best, fits, config, fitted_ids)
+    predictions = _predictions(df, runs, best, fits, config, fitted_ids)
     noise = _noise_floor(df, runs, fitted_ids)
     hard_soft, hs_warnings = _hard_vs_soft(df, runs, fitted_ids)
     warnings.extend(hs_warnings)

@@ -217,32 +217,37 @@ _SCHEME_TITLE = {"held_out_runs": "held-out runs", "held_out_steps": "held-out s
 
 
 def _scheme_grid(data: Mapping[str, Any], draw: Callable) -> bytes:
+    """One row per held-out scheme, one column per target."""
     from matplotlib.lines import Line2D
 
     plt = _pyplot()
-    rows = list(data.items())
-    ncol = max(len(v["schemes"]) for _, v in rows)
+    targets = list(data)
+    schemes = [k for k in _SCHEME_TITLE if any(k in v["schemes"] for v in data.values())]
     all_points: dict[str, list] = {"params_trained": [], "label": []}
-    for _, v in rows:
+    for v in data.values():
         for s in v["schemes"].values():
             all_points["params_trained"] += list(s["points"]["params_trained"])
-            all_points["label"] += [None] * len(s["points"]["params_trained"])
+            all_points["label"] += list(
+                s["points"].get("label", [None] * len(s["points"]["params_trained"]))
+            )
     colours = _Colours(all_points)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(4.6 * ncol, 3.8 * len(rows)),
-                             squeeze=False)  # fmt: skip
-    for i, (t, v) in enumerate(rows):
-        for j, (key, s) in enumerate(v["schemes"].items()):
-            ax = axes[i][j]
+    fig, axes = plt.subplots(len(schemes), len(targets),
+                             figsize=(4.3 * len(targets), 3.7 * len(schemes)), squeeze=False)  # fmt: skip
+    for i, key in enumerate(schemes):
+        for j, t in enumerate(targets):
+            ax, v = axes[i][j], data[t]
+            s = v["schemes"].get(key)
+            if s is None:
+                ax.axis("off")
+                continue
             d = _frame(s["points"])
             held = d["split"] == "held_out"
             draw(ax, t, d, held, colours, s)
             ax.set_title(
-                f"{SHORT[t]}, {v['law']} law, {_SCHEME_TITLE[key]}\nRMSE held out "
-                f"{s['rmse']:.3g} vs in sample {s['rmse_in_sample']:.3g}",
+                f"{_SCHEME_TITLE[key]}: {SHORT[t]}, {v['law']} law\nRMSE held out "
+                f"{s['rmse']:.3g}, in sample {s['rmse_in_sample']:.3g}",
                 fontsize=9,
             )
-        for j in range(len(v["schemes"]), ncol):
-            axes[i][j].axis("off")
     extra = [
         Line2D([], [], marker="o", ls="", color="0.3", label="fitted (in sample)"),
         Line2D([], [], marker="o", ls="", markerfacecolor="none", color="0.3", label="held out"),

@@ -386,6 +386,7 @@ def _law_block(e: Mapping[str, Any]) -> str:
         flags.append(f"<span class='flag'>not converged: {_e(e.get('message'))}</span>")
     head += " " + " ".join(flags) + "</p>"
     rows, classes = [], []
+    not_result = bool(e.get("on_bound")) or not e.get("converged", True)
     for p in e["params"]:
         rows.append(
             [
@@ -397,7 +398,7 @@ def _law_block(e: Mapping[str, Any]) -> str:
                 _e(p["doc"]),
             ]
         )
-        classes.append("bound" if p["on_bound"] else "")
+        classes.append("bound" if p["on_bound"] else ("failed" if not_result else ""))
     params = _table(
         ["parameter", "value", f"95% CI ({e.get('n_boot', 0)} resamples)", "allowed range", "",
          "meaning"], rows, classes,
@@ -485,6 +486,17 @@ def _predictions(r: StudyReport) -> str:
             cells += [_n(v["value"], 4), _ci([v["lo"], v["hi"]] if v["lo"] is not None else None)]
         rows.append(cells)
     out.append(_table(head, rows))
+    if pr.get("observed"):
+        head = ["rank run", "P", "N", "runs"]
+        for t in pr["targets"]:
+            head += [f"{_sym(t)} measured", "law"]
+        rows = []
+        for o in pr["observed"]:
+            cells = [_n(o["rank"]), _n(o["params_trained"], 3), _n(o["step"]), _n(o["n_runs"])]
+            for t in pr["targets"]:
+                cells += [_n(o[t]["observed"]), _n(o[t]["law"])]
+            rows.append(cells)
+        out.append("<p>For comparison, the ranks run, at the same step:</p>" + _table(head, rows))
     return "".join(out)
 
 
