@@ -42,6 +42,7 @@ def make_store(
     noise: float = 0.003,
     seed: int = 0,
     no_p_effect: bool = False,
+    unbounded: bool = False,
     confident_run: int | None = None,
     statuses: dict[int, str] | None = None,
     downstream: bool = False,
@@ -49,7 +50,9 @@ def make_store(
     """Write one finished run per rank (``seeds`` = {rank: number of seeds}) and return
     ``{run_id: "r{rank}s{seed}"}``.
 
-    ``no_p_effect`` gives every P the same curves (a law in P cannot be identified);
+    ``no_p_effect`` gives every P the same curves; ``unbounded`` makes L_f (hard and
+    soft) grow like log N and log P without a ceiling, so the power laws' asymptote E
+    and exponents run to their bounds;
     ``confident_run`` makes that rank's hard L_f dip below its step-0 value while KL
     rises; ``statuses`` = {rank: status} marks runs failed or diverged.
     """
@@ -98,6 +101,10 @@ def make_store(
                         t: law_value(t, Peff, n) * float(np.exp(noise * rng.standard_normal()))
                         for t in TRUE
                     }
+                    if unbounded:
+                        for t in ("forgetting_loss", "forgetting_loss_soft"):
+                            grow = 1.2 + 0.15 * np.log(n) + 0.05 * np.log(Peff / P_PER_RANK)
+                            vals[t] = grow * float(np.exp(noise * rng.standard_normal()))
                     if confident_run == r and n <= 4:
                         vals["forgetting_loss"] = BASE["forgetting_loss"] - 0.04
                     kl = vals["forgetting_loss_soft"] - ENTROPY + 0.01
@@ -132,3 +139,64 @@ def make_store(
                     )
             st.conn.commit()
     return ids
+
+
+_ROOT: list[Path] = []
+
+
+def _root() -> Path:
+    if not _ROOT:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="forgetscale-study-tests-"))
+        atexit.register(shutil.rmtree, root, True)
+        _ROOT.append(root)
+    return _ROOT[0]
+
+
+_CACHE: dict[str, tuple] = {}
+
+
+def analysed(name: str):
+    """``(store path, run ids, StudyReport)`` of one of the shared test studies, made once
+    per test session: ``good`` (known laws, 6 ranks, rank 4 with 2 seeds), ``degenerate``
+    (L_f without a ceiling: the power laws' E on its bound), ``mixed`` (a diverged and a
+    failed run, a hard L_f below the base while KL rises, a downstream table)."""
+    from forgetscale.study.analysis import AnalysisConfig, analyse
+
+    if name in _CACHE:
+        return _CACHE[name]
+    path = _root() / f"{name}.db"
+    if name == "good":
+        ids = make_store(path, seeds={4: 2})
+        config = AnalysisConfig(bootstrap=8)
+    elif name == "degenerate":
+        ids = make_store(path, ranks=(1, 2, 4, 8), unbounded=True)
+        config = AnalysisConfig(
+            bootstrap=0, laws={"forgetting_loss": ["linear", "multiplicative", "additive"]}
+        )
+    elif name == "mixed":
+        ids = make_store(
+            path,
+            ranks=(1, 2, 4, 8, 16, 32),
+            confident_run=2,
+            statuses={16: "diverged", 32: "failed"},
+            downstream=True,
+        )
+        config = AnalysisConfig(
+            bootstrap=0,
+            laws={"forgetting_loss": ["multiplicative"], "forgetting_loss_soft": ["linear"]},
+        )
+    else:
+        raise KeyError(name)
+    study = {
+        "command": f"forgetscale study tests/{name}.yaml --out {path.parent}",
+        "machine": "test machine, 2 cores",
+        "versions": {"forgetscale": "test", "torch": "none"},
+        "wall_s": 123.0,
+    }
+    report = analyse(path, config, study=study)
+    _CACHE[name] = (path, ids, report)
+    return _CACHE[name]

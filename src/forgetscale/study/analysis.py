@@ -614,6 +614,8 @@ def _predictions(
             "no law for the hard L_f in P and N was identified (every fit has a parameter "
             "on a bound, did not converge or could not be fitted): no predictions are shown"
         )
+    if not targets:
+        return out
     out["targets"] = targets
     out["laws"] = {t: best[t]["law"] for t in targets}  # type: ignore[index]
     P = np.array([ppr["c"] * r for r in ranks])
