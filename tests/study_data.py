@@ -174,9 +174,7 @@ def analysed(name: str):
         config = AnalysisConfig(bootstrap=8)
     elif name == "degenerate":
         ids = make_store(path, ranks=(1, 2, 4, 8), unbounded=True)
-        config = AnalysisConfig(
-            bootstrap=0, laws={"forgetting_loss": ["linear", "multiplicative"]}
-        )
+        config = AnalysisConfig(bootstrap=0, laws={"forgetting_loss": ["linear", "multiplicative"]})
     elif name == "mixed":
         ids = make_store(
             path,

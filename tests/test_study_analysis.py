@@ -331,3 +331,36 @@ def test_a_store_without_soft_values_skips_that_target(tmp_path):
     assert entry["status"] == "failed" and "no forgetting_loss_soft" in entry["error"]
     assert any("could not be fitted" in w for w in rep.warnings)
     assert math.isfinite(rep.seconds["total"])
+
+
+# ------------------------------------------------------------------- real tiny runs
+
+
+def test_real_tiny_runs_with_adapters_and_reference(workdir):
+    """Four tiny LoRA runs trained for real (store, step 0, saved adapters, reference):
+    the analysis reads them as they are and measures the largest rank's forgotten text."""
+    from helpers import tiny_config
+
+    from forgetscale.training import train
+
+    adapters, reference = {}, None
+    for rank in (1, 2, 4, 8):
+        cfg = tiny_config(workdir, rank=rank, max_steps=8, eval_steps=[0, 1, 2, 4, 8],
+                          output_dir=str(workdir / f"adapter-r{rank}"))  # fmt: skip
+        result = train(cfg, log=lambda _: None)
+        assert result.status == "finished"
+        adapters[result.run_id] = str(workdir / f"adapter-r{rank}")
+        reference = result.reference
+    config = AnalysisConfig(bootstrap=0, laws={"forgetting_loss": ["linear", "multiplicative"]})
+    rep = analyse(workdir / "results.db", config, adapters=adapters, reference=reference)
+    assert [r["rank"] for r in rep.runs] == [1, 2, 4, 8]
+    assert all(r["steps"] == [0, 1, 2, 4, 8] and r["wall_s"] > 0 for r in rep.runs)
+    assert rep.predictions["params_per_rank"]["max_relative_deviation"] < 1e-9  # P = c r exactly
+    # the base against its own reference in float32: KL 0 and full agreement
+    assert rep.noise_floor["step0_summary"]["kl"]["max"] == pytest.approx(0, abs=1e-6)
+    assert rep.noise_floor["step0_summary"]["disagreement"]["max"] == pytest.approx(0, abs=1e-9)
+    f = rep.forgotten
+    assert f is not None, rep.warnings
+    assert f["label"] == "r=8" and len(f["blocks"]) == 5
+    assert all(b["text"] for b in f["blocks"]) and f["kl"] > 0
+    json.dumps(rep.to_json(), allow_nan=False)

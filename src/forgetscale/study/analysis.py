@@ -1007,7 +1007,7 @@ def _figures(
                 "Each point is one measurement (step >= min_step), coloured by P. Black dashed: "
                 "the linear law L_f = s_f_ft - c_f_ft L_ft fitted to all runs; thin coloured "
                 "lines: a least-squares line per P. Left the hard L_f (the paper's), right the "
-                "soft. Grey band: the base's own value at step 0."
+                "soft. Dotted grey line: the base's own value at step 0."
             ),
             "data": {"points": _points(fitted, labels), "panels": panels},
         }
@@ -1034,9 +1034,11 @@ def _figures(
             "title": "Losses against steps N, per P",
             "caption": (
                 "Points: measurements after N updates, coloured by P (log axes). Lines: the law "
-                "shown for that target, fitted to all runs from min_step on (dashed when a "
-                "parameter is on a bound: not a result). Grey line: the base's own value at step "
-                "0; grey band around it: the typical spread over seeds."
+                "shown for that target (the best identified one), fitted to all runs from "
+                "min_step on; dashed when no law for that target is identified (a parameter on a "
+                "bound or no convergence): then the curve is not a result. Shaded band: the law "
+                "± half the typical spread over seeds. Dotted grey line: the base's own value at "
+                "step 0."
             ),
             "data": {
                 "points": _points(df[df["step"] > 0], labels),

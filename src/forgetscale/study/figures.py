@@ -185,12 +185,13 @@ def losses_vs_steps(data: Mapping[str, Any]) -> bytes:
                 if spread:
                     ax.fill_between(n, y - spread / 2, y + spread / 2,
                                     color=colours(c["params_trained"]), alpha=0.12, lw=0)  # fmt: skip
-            title += f": {curve['law']} law" + ("" if curve["identified"] else " (on a bound)")
+            title += f": {curve['law']} law" + ("" if curve["identified"] else " (not identified)")
         base = (data.get("base") or {}).get(t)
         if base and base.get("min") is not None:
             ax.axhline(base["min"], color="0.5", ls=":", lw=1.2)
         ax.set_xscale("log")
-        if (d[t] > 0).all():
+        # log y as in the paper, unless the values span too little for log ticks to read
+        if len(d) and (d[t] > 0).all() and d[t].max() / d[t].min() > 1.3:
             ax.set_yscale("log")
         _plain_log_ticks(ax)
         ax.set_xlabel(AXIS["step"])
@@ -201,7 +202,9 @@ def losses_vs_steps(data: Mapping[str, Any]) -> bytes:
         Line2D([], [], color="0.5", ls=":", label="base, step 0"),
     ]
     if any_dashed:
-        extra.insert(1, Line2D([], [], color="0.3", lw=1.3, ls="--", label="fit on a bound"))
+        extra.insert(
+            1, Line2D([], [], color="0.3", lw=1.3, ls="--", label="law not identified (see Laws)")
+        )
     if (df["step"] < data.get("min_step", 1)).any():
         extra.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", color="0.3",
                             label="before min_step (not fitted)"))  # fmt: skip

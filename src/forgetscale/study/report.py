@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetscale.errors import UserError
-from forgetscale.study.analysis import SYMBOLS, TARGET_ORDER, StudyReport
+from forgetscale.study.analysis import EXTRAPOLATION_RATIO, SYMBOLS, TARGET_ORDER, StudyReport
 from forgetscale.study.figures import draw
 
 CSS = """
@@ -111,6 +111,24 @@ def _n(x: Any, digits: int = 4) -> str:
     return "\x00" + _g(x, digits)
 
 
+def _p(x: Any) -> str:
+    """A parameter count: digits with separators below a million, 3 significant above."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "\x00n/a"
+    return "\x00" + (f"{int(round(v)):,}" if v < 1e6 else f"{v:.3g}")
+
+
+def _ratio(x: Any) -> str:
+    """A held-out/in-sample ratio, in red above the acceptance ratio."""
+    v = None if x is None else float(x)
+    if v is None or v != v:
+        return "n/a"
+    s = f"{v:.2g}×"
+    return f"<span class='bad'>{s}</span>" if v > EXTRAPOLATION_RATIO else s
+
+
 def _ci(ci: Sequence[float] | None, digits: int = 4) -> str:
     if not ci:
         return "\x00–"
@@ -157,10 +175,10 @@ def _summary(r: StudyReport) -> str:
         e = next(x for x in r.laws[t] if x["law"] == b["law"])
         hr, hs = e.get("held_out_runs") or {}, e.get("held_out_steps") or {}
         lines.append(
-            f"<li>{_sym(t)}: best law <b>{_e(b['law'])}</b> ({_e(e['formula'])}), in-sample RMSE "
+            f"<li>{_sym(t)}: best identified law <b>{_e(b['law'])}</b> ({_e(e['formula'])}), in-sample RMSE "
             f"{_g(e.get('rmse'), 3)} (R² {_g(e.get('r2'), 3)}); held-out runs RMSE "
-            f"{_g(hr.get('rmse'), 3)} ({_g(hr.get('ratio'), 2)}× in-sample); held-out steps RMSE "
-            f"{_g(hs.get('rmse'), 3)} ({_g(hs.get('ratio'), 2)}× in-sample).</li>"
+            f"{_g(hr.get('rmse'), 3)} ({_ratio(hr.get('ratio'))} in-sample); held-out steps RMSE "
+            f"{_g(hs.get('rmse'), 3)} ({_ratio(hs.get('ratio'))} in-sample).</li>"
         )
     lin = next((e for e in r.laws.get("forgetting_loss", []) if e["law"] == "linear"), None)
     if lin and lin["status"] == "ok":
@@ -202,7 +220,7 @@ def _what_was_run(r: StudyReport) -> str:
                 f"<code>{_e(run['run_id'][:12])}</code>",
                 _e(run["method"]),
                 _n(run["rank"]),
-                _n(run["params_trained"]),
+                _p(run["params_trained"]),
                 _n(run["seed"]),
                 _e(run["dtype"]),
                 _n(run["learning_rate"], 3),
@@ -419,7 +437,7 @@ def _law_block(e: Mapping[str, Any]) -> str:
             )
         q.append(
             [name, _n(ev["rmse"], 3), _n(ev["r2"], 4), _n(ev["n_held_out"]),
-             _n(ev["ratio"], 3), note]
+             "\x00" + _ratio(ev["ratio"]), note]
         )  # fmt: skip
     quality = _table(["points", "RMSE", "R²", "n", "held-out / in-sample RMSE", "held out"], q)
     notes = "".join(f"<li>{_e(n)}</li>" for n in e.get("notes", []))
@@ -479,7 +497,7 @@ def _predictions(r: StudyReport) -> str:
         head += [f"{_sym(t)}", "95% interval"]
     rows = []
     for row in pr["rows"]:
-        cells = [_n(row["rank"]), _n(row["params_trained"], 3), _n(row["step"]),
+        cells = [_n(row["rank"]), _p(row["params_trained"]), _n(row["step"]),
                  "yes" if row["extrapolation"] else "no"]  # fmt: skip
         for t in pr["targets"]:
             v = row[t]
@@ -492,7 +510,7 @@ def _predictions(r: StudyReport) -> str:
             head += [f"{_sym(t)} measured", "law"]
         rows = []
         for o in pr["observed"]:
-            cells = [_n(o["rank"]), _n(o["params_trained"], 3), _n(o["step"]), _n(o["n_runs"])]
+            cells = [_n(o["rank"]), _p(o["params_trained"]), _n(o["step"]), _n(o["n_runs"])]
             for t in pr["targets"]:
                 cells += [_n(o[t]["observed"]), _n(o[t]["law"])]
             rows.append(cells)
