@@ -219,7 +219,7 @@ def test_degenerate_design_puts_parameters_on_bounds_and_says_so():
     assert "upper bound" in e["on_bound_words"]
     assert rep.best["forgetting_loss"] is None
     assert rep.predictions["rows"] == []
-    assert "no predictions" in rep.predictions["note"]
+    assert "no prediction of it is shown" in rep.predictions["note"]
     text = " ".join(rep.warnings)
     assert "ended on a bound" in text and "not a result" in text
     assert "No law for L_f (hard) in P and N is identified" in text

@@ -355,6 +355,11 @@ def holdout_evaluation(
 
     if scheme == "runs":
         p_values = np.unique(df["params_trained"].to_numpy(dtype=float))
+        if len(p_values) <= config.holdout_runs:
+            raise UserError(
+                f"holding out the runs of the {config.holdout_runs} largest P leaves no run to "
+                f"fit on ({len(p_values)} distinct P)"
+            )
         top = p_values[-config.holdout_runs :]
         ids = sorted(set(df.loc[df["params_trained"].astype(float).isin(top), "run_id"]))
         holdout = Holdout("runs", run_ids=tuple(ids))
@@ -612,7 +617,7 @@ def _predictions(
     if "forgetting_loss" not in targets:
         out["note"] = (
             "no law for the hard L_f in P and N was identified (every fit has a parameter "
-            "on a bound, did not converge or could not be fitted): no predictions are shown"
+            "on a bound, did not converge or could not be fitted): no prediction of it is shown"
         )
     if not targets:
         return out
@@ -859,9 +864,8 @@ def _paper(
                     p["name"]: {"value": p["value"], "ci": p["ci"], "on_bound": p["on_bound"]}
                     for p in e["params"]
                 }
-            if e["law"] == "linear":
-                ours.setdefault(f"linear ({target})", {})
-                ours[f"linear ({target})"] = {
+            if e["law"] == "linear" and target in ("forgetting_loss", "forgetting_loss_soft"):
+                ours[f"linear ({SYMBOLS[target]})"] = {
                     p["name"]: {"value": p["value"], "ci": p["ci"], "on_bound": p["on_bound"]}
                     for p in e["params"]
                 }

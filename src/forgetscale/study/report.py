@@ -468,7 +468,12 @@ def _paper(r: StudyReport) -> str:
         row += [_n(presets[p]["params"][name]) for p in presets]
         rows.append(row)
         classes.append("bound" if bound else "")
-    head = ["parameter"] + [f"this study: {_e(c)}" for c in cols]
+    head = ["parameter"] + [
+        f"this study: {_e(c)}"
+        + (" <span class='flag'>(a parameter on a bound: not a result)</span>"
+           if any(v["on_bound"] for v in ours[c].values()) else "")
+        for c in cols
+    ]  # fmt: skip
     head += [f"paper: {_e(p.split(':')[1])}" for p in presets]
     out.append(_table(head, rows, classes))
     return "".join(out)
