@@ -364,3 +364,15 @@ def test_real_tiny_runs_with_adapters_and_reference(workdir):
     assert f["label"] == "r=8" and len(f["blocks"]) == 5
     assert all(b["text"] for b in f["blocks"]) and f["kl"] > 0
     json.dumps(rep.to_json(), allow_nan=False)
+
+
+def test_study_passed_through_as_plain_json(tmp_path):
+    from pathlib import Path
+
+    path = tmp_path / "s.db"
+    make_store(path, ranks=(1, 2), steps=(1, 4))
+    config = AnalysisConfig(bootstrap=0, holdout_runs=0, laws={"forgetting_loss": ["linear"]})
+    study = {"command": ["forgetscale", "study"], "out": Path("/x"), "wall_s": float("nan")}
+    d = analyse(path, config, study=study).to_json()
+    assert d["study"] == {"command": ["forgetscale", "study"], "out": "/x", "wall_s": None}
+    json.dumps(d, allow_nan=False)

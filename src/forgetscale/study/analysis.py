@@ -24,6 +24,7 @@ predictions for ranks not run come only from a law with no parameter on a bound.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -201,7 +202,33 @@ class AnalysisConfig:
 
 @dataclass
 class StudyReport:
-    """Everything the report shows, as plain data (see :meth:`to_json` for the keys)."""
+    """Everything the report shows, as plain data.
+
+    Attributes (the keys of ``report.json``, besides ``format``):
+        created: Unix time of the analysis.
+        store: The results store analysed.
+        study: What was run, as the caller passed it (command, machine, versions, wall times).
+        config: The :class:`AnalysisConfig` used.
+        runs: One entry per run: id, label, method, rank, P, seed, dtype, learning rate,
+            batch size, steps measured, status, wall time, model, data, versions, config.
+        warnings: Plain sentences, shown first.
+        checks: The study's acceptance criteria: ``name``, ``passed``, ``detail``.
+        laws: ``{target: [law entry]}``: parameters with intervals and bound flags, in-sample
+            R^2/RMSE, ``held_out_runs`` and ``held_out_steps`` evaluations, notes.
+        ranking: ``{target: [...]}``, best first, by held-out error (the compare ranking).
+        best: ``{target: {law, chosen_by, rmse}}`` among fits with no parameter on a bound
+            (``None`` where none).
+        shown_laws: ``{target: {law, identified}}``: the law drawn in the figures.
+        predictions: ``rows`` for ranks not run (value and interval per target),
+            ``observed`` for the ranks run, ``params_per_rank``, ``step``, ``note``.
+        paper: The paper's Table 1 presets, this study's comparable constants, the sentence.
+        noise_floor: ``step0`` values per run, ``seed_spread`` per configuration, ``text``.
+        hard_vs_soft: ``cases`` where the hard L_f fell below step 0 while KL rose.
+        forgotten: The most-forgotten blocks of the largest-rank run, or ``None``.
+        downstream: ``rows`` of the store's ``downstream`` table, or ``None``.
+        figures: ``{name: {title, caption, data}}``: the data each figure is drawn from.
+        seconds: Wall time of the fits, of the figure data and in total.
+    """
 
     created: float
     store: str
@@ -1340,7 +1367,8 @@ def analyse(
     return StudyReport(
         created=time.time(),
         store=str(store),
-        study=dict(study or {}),
+        # what the caller passed, as plain JSON (paths and other objects as text)
+        study=json.loads(json.dumps(dict(study or {}), default=str)),
         config=config.to_dict(),
         runs=runs,
         warnings=warnings,

@@ -209,6 +209,8 @@ def _what_was_run(r: StudyReport) -> str:
         if isinstance(cmd, (list, tuple)):
             cmd = " ".join(str(c) for c in cmd)
         out.append(f"<p>To reproduce:</p><pre>{_e(cmd)}</pre>")
+    else:
+        out.append("<p class='note'>The command that ran this study was not recorded.</p>")
     rows = []
     classes = []
     for run in r.runs:
