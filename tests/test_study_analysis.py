@@ -104,7 +104,7 @@ def test_holdout_evaluation_holds_out_the_largest_p_runs_and_the_last_steps(tmp_
     pts = pd.DataFrame(ev["points"])
     held = pts[pts["split"] == "held_out"]
     assert sorted(held["params_trained"].unique()) == [16 * P_PER_RANK, 32 * P_PER_RANK]
-    assert "2 largest P" in ev["description"]
+    assert "the 2 largest P" in ev["description"]
     assert ev["rmse"] < 0.02 and ev["ratio"] < 3
 
     ev = holdout_evaluation(df, "multiplicative", "forgetting_loss", "steps", config)

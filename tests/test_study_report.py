@@ -119,6 +119,16 @@ def test_on_bound_fits_are_flagged_in_words_not_results(tmp_path):
     assert data["predictions"]["rows"] == []
 
 
+def test_study_notes_are_shown_below_the_warnings(tmp_path):
+    import copy
+
+    rep = copy.deepcopy(analysed("mixed")[2])
+    rep.study["notes"] = ["--quick: 3 ranks, so no held-out rank can be tested."]
+    text = write_report(rep, tmp_path)[0].read_text()
+    top = text.split('id="summary"')[0]
+    assert "About this study" in top and "no held-out rank can be tested" in top
+
+
 def test_failed_runs_hard_vs_soft_and_downstream_in_the_page(mixed_report):
     text = (mixed_report / "report.html").read_text()
     assert "diverged" in text and "out of memory" in text

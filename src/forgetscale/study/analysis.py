@@ -405,10 +405,8 @@ def holdout_evaluation(
         names = ", ".join(
             sorted({labels.get(i, i) for i in held["run_id"]}) if labels else sorted(held["run_id"])
         )
-        description = (
-            f"the runs of the {config.holdout_runs} largest P "
-            f"(P = {', '.join(f'{p:.3g}' for p in top)}): {names}"
-        )
+        which = "largest P" if config.holdout_runs == 1 else f"{config.holdout_runs} largest P"
+        description = f"the runs of the {which} (P = {', '.join(f'{p:.3g}' for p in top)}): {names}"
     return {
         "scheme": scheme,
         "description": description,

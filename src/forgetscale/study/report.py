@@ -38,7 +38,9 @@ tr.bound td { background: #fff6e0; }
 tr.failed td { color: #8a93a3; }
 .warnings { background: #fff4e5; border: 1px solid #f0b45a; border-radius: 6px;
             padding: 10px 16px; margin: 16px 0; }
-.warnings h2 { border: none; margin-top: 0.3em; }
+.warnings h2, .notes h2 { border: none; margin-top: 0.3em; }
+.notes { background: #eef4fb; border: 1px solid #9cbbe0; border-radius: 6px;
+         padding: 10px 16px; margin: 16px 0; }
 .warnings li { margin: 0.35em 0; }
 .ok { color: #1b7f3b; font-weight: 600; }
 .bad { color: #b3261e; font-weight: 600; }
@@ -159,6 +161,18 @@ def _warnings(r: StudyReport) -> str:
     return f'<div class="warnings"><h2>Warnings ({len(r.warnings)})</h2><ul>{items}</ul></div>'
 
 
+def _study_notes(r: StudyReport) -> str:
+    """``study["notes"]``: what the caller says about this study (e.g. what a quick preset
+    cannot show), shown right below the warnings."""
+    notes = (r.study or {}).get("notes")
+    if not notes:
+        return ""
+    if isinstance(notes, str):
+        notes = [notes]
+    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    return f'<div class="notes"><h2>About this study</h2><ul>{items}</ul></div>'
+
+
 def _summary(r: StudyReport) -> str:
     out = ['<h2 id="summary">Summary</h2>']
     lines = []
@@ -273,7 +287,7 @@ def _what_was_run(r: StudyReport) -> str:
     # machine, versions, wall times: what the study passed in, else the runs' records
     kv = []
     for key, value in study.items():
-        if key == "command":
+        if key in ("command", "notes"):
             continue
         if isinstance(value, Mapping):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
@@ -598,6 +612,7 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
         [
             _header(report),
             _warnings(report),
+            _study_notes(report),
             _summary(report),
             _what_was_run(report),
             _noise(report),
