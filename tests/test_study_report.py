@@ -265,3 +265,29 @@ def test_the_browser_check_catches_a_broken_image(good_report, tmp_path):
     probe = _probe(broken, tmp_path)
     assert probe["naturalWidth"][-1] == 0
     assert probe["errors"]
+
+
+@pytest.mark.parametrize("design", ["three ranks", "nothing finished"])
+def test_thin_designs_still_make_a_report(tmp_path, design):
+    from study_data import make_store
+
+    from forgetscale.study.analysis import AnalysisConfig, analyse
+
+    path = tmp_path / "s.db"
+    if design == "three ranks":
+        make_store(path, ranks=(1, 2, 4), steps=(1, 4, 16, 64))
+    else:
+        make_store(path, ranks=(1, 2), steps=(1, 4), statuses={1: "failed", 2: "diverged"})
+    config = AnalysisConfig(bootstrap=0, laws={"forgetting_loss": ["linear", "multiplicative"]})
+    rep = analyse(path, config)
+    html_path, json_path = write_report(rep, tmp_path / "out")
+    data = _strict_json(json_path)
+    text = html_path.read_text()
+    assert len(_images(text)) == len(data["figures"])
+    if design == "three ranks":
+        assert "Too few runs to test a held-out rank" in text
+        assert data["figures"]["predicted_vs_observed"]["data"]["forgetting_loss"][
+            "schemes"
+        ].keys() == {"held_out_steps"}
+    else:
+        assert data["figures"] == {} and "No run has finished" in text

@@ -1278,7 +1278,8 @@ def analyse(
         for law in config.laws[target]:
             if not present:
                 entries.append({"law": law, "target": target, "status": "failed",
-                                "error": f"the store has no {target} values", "identified": False,
+                                "error": f"the store has no {target} values"
+                                if len(df) else "no finished run to fit", "identified": False,
                                 "variables": [], "joint": False, "formula": "", "notes": []})  # fmt: skip
                 continue
             needed = ["finetune_loss", target] if law == "linear" else [target]
@@ -1305,7 +1306,8 @@ def analyse(
         sym = SYMBOLS.get(t, t)
         for e in entries:
             if e["status"] != "ok":
-                warnings.append(f"{e['law']} law for {sym} could not be fitted: {e['error']}")
+                if fitted_ids:  # else one warning says that no run has finished
+                    warnings.append(f"{e['law']} law for {sym} could not be fitted: {e['error']}")
                 continue
             if e.get("on_bound"):
                 warnings.append(
