@@ -376,3 +376,20 @@ def test_study_passed_through_as_plain_json(tmp_path):
     d = analyse(path, config, study=study).to_json()
     assert d["study"] == {"command": ["forgetscale", "study"], "out": "/x", "wall_s": None}
     json.dumps(d, allow_nan=False)
+
+
+def test_predictions_from_a_law_that_misses_held_out_points_carry_a_caveat(tmp_path):
+    from forgetscale.store import open_store
+
+    assert analysed("good")[2].predictions["caveats"] == []  # the true law extrapolates
+    path = tmp_path / "s.db"
+    make_store(path, ranks=(1, 2, 4, 8, 16))
+    with open_store(path) as st:  # the last steps fall off the law
+        st.conn.execute(
+            "UPDATE measurements SET forgetting_loss = 0.8 * forgetting_loss WHERE step >= 64"
+        )
+        st.conn.commit()
+    rep = analyse(path, AnalysisConfig(bootstrap=0, laws={"forgetting_loss": ["multiplicative"]}))
+    assert rep.best["forgetting_loss"]["law"] == "multiplicative"
+    (c,) = rep.predictions["caveats"]
+    assert "held-out steps" in c and "rough at best" in c and c in rep.warnings

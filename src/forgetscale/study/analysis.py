@@ -1340,6 +1340,23 @@ def analyse(
             )
 
     predictions = _predictions(df, runs, best, fits, config, fitted_ids)
+    predictions["caveats"] = []
+    for t in predictions.get("targets", []):
+        entry = next(e for e in laws[t] if e["law"] == best[t]["law"])  # type: ignore[index]
+        ratios = {
+            what: _num((entry.get(key) or {}).get("ratio"))
+            for key, what in (("held_out_runs", "runs"), ("held_out_steps", "steps"))
+        }
+        bad = {k: v for k, v in ratios.items() if v is not None and v > EXTRAPOLATION_RATIO}
+        if bad:
+            text = (
+                f"The {entry['law']} law for {SYMBOLS.get(t, t)} misses held-out points by more "
+                f"than {EXTRAPOLATION_RATIO:g}x its in-sample error ("
+                + ", ".join(f"held-out {k}: {v:.2g}x" for k, v in bad.items())
+                + "): its predictions for ranks not run are rough at best."
+            )
+            predictions["caveats"].append(text)
+            warnings.append(text)
     noise = _noise_floor(df, runs, fitted_ids)
     hard_soft, hs_warnings = _hard_vs_soft(df, runs, fitted_ids)
     warnings.extend(hs_warnings)

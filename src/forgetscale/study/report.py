@@ -502,6 +502,8 @@ def _predictions(r: StudyReport) -> str:
         out.append(f"<p class='note'>{_e(pr['note'])}</p>")
     if not pr.get("rows"):
         return "".join(out)
+    for c in pr.get("caveats", []):
+        out.append(f"<p class='note'><span class='flag'>Caution:</span> {_e(c)}</p>")
     ppr = pr["params_per_rank"]
     out.append(
         "<p class='note'>Predicted at step N = "
