@@ -1204,7 +1204,7 @@ def _checks(laws: dict[str, list[dict[str, Any]]], noise: dict[str, Any]) -> lis
 
 def analyse(
     store: str | Path,
-    config: AnalysisConfig,
+    config: AnalysisConfig | Mapping[str, Any] | None,
     *,
     run_ids: list[str] | None = None,
     adapters: dict[str, str] | None = None,
@@ -1215,7 +1215,7 @@ def analyse(
 
     Args:
         store: The SQLite results store.
-        config: The ``analysis:`` block.
+        config: The ``analysis:`` block (an :class:`AnalysisConfig`, or its mapping).
         run_ids: The runs of this study (default: every run in the store).
         adapters: ``{run_id: adapter folder}``; with ``reference``, the largest-rank run
             among them is measured again to show its most-forgotten blocks of text.
@@ -1225,8 +1225,10 @@ def analyse(
     from forgetscale.store import open_store
 
     t_start = time.perf_counter()
+    if config is None or isinstance(config, Mapping):
+        config = AnalysisConfig.from_dict(config)
     if not isinstance(config, AnalysisConfig):
-        raise TypeError("config must be an AnalysisConfig")
+        raise TypeError("config must be an AnalysisConfig (or the analysis: mapping)")
     with open_store(store, create=False) as st:
         records = st.list_runs()
         meas = st.measurements()
