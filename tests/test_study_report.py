@@ -119,12 +119,14 @@ def test_on_bound_fits_are_flagged_in_words_not_results(tmp_path):
     assert data["predictions"]["rows"] == []
 
 
-def test_study_notes_are_shown_below_the_warnings(tmp_path):
+def test_study_notes_are_shown_below_the_warnings():
     import copy
+
+    from forgetscale.study.report import render_html
 
     rep = copy.deepcopy(analysed("mixed")[2])
     rep.study["notes"] = ["--quick: 3 ranks, so no held-out rank can be tested."]
-    text = write_report(rep, tmp_path)[0].read_text()
+    text = render_html(rep, images={})
     top = text.split('id="summary"')[0]
     assert "About this study" in top and "no held-out rank can be tested" in top
 
