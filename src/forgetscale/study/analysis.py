@@ -583,7 +583,7 @@ def _best_law(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def params_per_rank(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """P = c * r fitted (least squares through the origin) on the LoRA runs; ``None``
-    when fewer than one LoRA run has both a rank and P."""
+    when no LoRA run has both a rank and P."""
     pairs = [
         (r["rank"], r["params_trained"])
         for r in runs

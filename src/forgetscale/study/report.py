@@ -346,8 +346,33 @@ def _noise(r: StudyReport) -> str:
     return "".join(out)
 
 
+def _noise_line(r: StudyReport) -> str:
+    """The noise floor in one sentence, repeated under every figure."""
+    nf = r.noise_floor
+    parts = []
+    for m in ("forgetting_loss", "forgetting_loss_soft", "finetune_loss"):
+        vals = [s["summary"][m]["median"] for s in nf["seed_spread"] if m in s["summary"]]
+        if vals:
+            parts.append(f"{SYMBOLS[m]} ±{_g(max(vals), 2)}")
+    s0 = nf["step0_summary"]
+    floor = []
+    if "kl" in s0:
+        floor.append(f"KL {_g(s0['kl']['max'], 2)}")
+    if "disagreement" in s0:
+        floor.append(f"1 - agreement {_g(s0['disagreement']['max'], 2)}")
+    out = []
+    if parts:
+        out.append("typical difference between seeds: " + ", ".join(parts))
+    else:
+        out.append("no configuration was run with two seeds: the seed-to-seed noise is unknown")
+    if floor:
+        out.append("the base against itself at step 0: " + ", ".join(floor))
+    return "Noise floor: " + "; ".join(out) + "."
+
+
 def _figures(r: StudyReport, images: Mapping[str, bytes]) -> str:
     out = ['<h2 id="figures">Figures</h2>']
+    noise = _e(_noise_line(r))
     if not images:
         out.append("<p>No figures: no run has finished.</p>")
     for name, fig in r.figures.items():
@@ -358,7 +383,7 @@ def _figures(r: StudyReport, images: Mapping[str, bytes]) -> str:
         out.append(
             f'<figure id="fig-{_e(name)}"><h3>{_e(fig["title"])}</h3>'
             f'<img src="{uri}" alt="{_e(fig["title"])}">'
-            f"<figcaption>{_e(fig['caption'])} Data: <code>report.json</code> → "
+            f"<figcaption>{_e(fig['caption'])} <b>{noise}</b> Data: <code>report.json</code> → "
             f"<code>figures.{_e(name)}.data</code>.</figcaption></figure>"
         )
     return "".join(out)
