@@ -102,7 +102,7 @@ def test_page_says_what_a_reader_needs(good_report):
     ):
         assert words in text, words
     # the noise floor under every figure
-    assert text.count("Noise floor: typical difference between seeds: L_f (hard) ±") == len(FIGURES)
+    assert text.count("Noise floor: typical difference between seeds: L_f (hard) ") == len(FIGURES)
     # the predictions table holds the ranks not run
     section = text.split('id="predict"')[1].split('id="hardsoft"')[0]
     assert '<td class="num">64</td>' in section and '<td class="num">128</td>' in section

@@ -353,7 +353,7 @@ def _noise_line(r: StudyReport) -> str:
     for m in ("forgetting_loss", "forgetting_loss_soft", "finetune_loss"):
         vals = [s["summary"][m]["median"] for s in nf["seed_spread"] if m in s["summary"]]
         if vals:
-            parts.append(f"{SYMBOLS[m]} ±{_g(max(vals), 2)}")
+            parts.append(f"{SYMBOLS[m]} {_g(max(vals), 2)}")
     s0 = nf["step0_summary"]
     floor = []
     if "kl" in s0:
