@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "reference",
     "measure",
     "train",
+    "sweep",
     "runs",
     "export",
     "fit",
