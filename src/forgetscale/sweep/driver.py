@@ -264,17 +264,35 @@ def executor_options(sweep: Sweep, name: str, flags: dict[str, Any]) -> Any:
     """The executor's ``Options``: the sweep file's ``executor: {NAME: ...}`` block with the
     command line's flags on top; unknown keys and bad values are refused (one line)."""
     cls = get_executor(name)
-    values = {**sweep.executor_options.get(name, {}), **flags}
-    where = f"{sweep.path}: executor.{name}" if not flags else f"executor {name} options"
-    return coerce_dataclass(cls.Options, values, where)
+    block = sweep.executor_options.get(name, {})
+    coerce_dataclass(cls.Options, block, f"{sweep.path}: executor.{name}")
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+
+    def flag(key: str) -> str:
+        f = fields.get(key)
+        return (f.metadata.get("flag") if f else None) or f"--{name}-{key.replace('_', '-')}"
+
+    for key in flags:
+        if key not in fields:
+            known = ", ".join(flag(k) for k in fields)
+            raise UserError(f"{flag(key)}: not an option of the {name} executor (it has: {known})")
+    try:
+        return coerce_dataclass(cls.Options, {**block, **flags}, f"executor {name}")
+    except UserError as exc:
+        text = str(exc)
+        for key in flags:
+            text = text.replace(f"executor {name}.{key}", flag(key))
+            text = text.replace(f"executor {name}: {key} ", f"{flag(key)}: {key} ")
+        raise UserError(text) from None
 
 
 # ------------------------------------------------------------------------------------------
 # the dry run
 
 
-def dry_run(sweep: Sweep, out: TextIO = sys.stdout, *, workers: int | None = None) -> None:
+def dry_run(sweep: Sweep, out: TextIO | None = None, *, workers: int | None = None) -> None:
     """Print the table of runs (id, grid values, P, steps, status, time left); no side effect."""
+    out = out or sys.stdout
     from forgetscale.store import ResultsStore
 
     store = ResultsStore(sweep.store, create=False) if sweep.store.is_file() else None
@@ -453,15 +471,15 @@ class Driver:
         executor_name: str,
         options: Any,
         *,
-        out: TextIO = sys.stdout,
-        err: TextIO = sys.stderr,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
         progress: bool = True,
     ):
         self.sweep = sweep
         self.executor_name = executor_name
         self.options = options
-        self.out = out
-        self.err = err
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
         self.progress = progress
         self.t0 = time.perf_counter()
         self.failures: dict[str, str] = {}
@@ -635,8 +653,8 @@ def run_sweep(
     *,
     executor: str | None = None,
     flags: dict[str, Any] | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
     progress: bool = True,
 ) -> int:
     """Run every run of ``sweep`` that is not finished; returns the exit code (1 if any failed)."""

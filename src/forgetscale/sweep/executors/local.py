@@ -149,6 +149,14 @@ class LocalExecutor(Executor):
 
     def _env(self, index: int) -> dict[str, str]:
         env = dict(os.environ)
+        # the workers import the very forgetscale the driver runs (a relative PYTHONPATH or
+        # another install would otherwise win in their working folder)
+        import forgetscale
+
+        here = str(Path(forgetscale.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [here, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+        )
         t = str(self.threads)
         env.update(
             FORGETSCALE_THREADS=t,
