@@ -166,79 +166,102 @@ def _sweep_cmd(*extra: str) -> list[str]:
     return [sys.executable, "-m", "forgetscale", "sweep", "sweep.yaml", "--no-progress", *extra]
 
 
-def test_driver_killed_with_sigkill_mid_sweep_finishes_with_nothing_lost_or_twice(workdir):
-    """Really SIGKILL the driver while runs are in flight, start it again, compare."""
+def _mid_runs(sweep) -> list:
+    """Runs part-way: a checkpoint in their folder and no verdict yet."""
+    return [
+        r
+        for r in sweep.runs
+        if (r.run_dir / "checkpoints").is_dir()
+        and any((r.run_dir / "checkpoints").iterdir())
+        and not (r.run_dir / "status.json").exists()
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_sigkill_of_the_driver_or_a_worker_loses_nothing_and_writes_nothing_twice(workdir):
+    """Really SIGKILL the driver mid-sweep, start it again, SIGKILL one of its workers
+    mid-run, start it again: the sweep finishes, every measurement is there exactly once,
+    and a run killed part-way equals the same run done in one go."""
     steps = [0, 1, 2, 5, 10, 20, 40, 60]
     (workdir / "sweep.yaml").write_text(
         MINIMAL_SWEEP + f"max_steps: 60\neval_steps: {steps}\ndropout: 0.1\n"
     )
     sweep = load_sweep("sweep.yaml")
     store = workdir / "sweep" / "results.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    env = _env()
+
+    # 1. the driver, killed once one run is merged and another is part-way
     proc = subprocess.Popen(
-        _sweep_cmd("--workers", "2"),
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # kill once one run is merged and another is part-way (a checkpoint, no verdict yet)
+        _sweep_cmd("--workers", "2"), cwd=workdir, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     deadline = time.time() + 240
-    killed_mid: list[str] = []
+    killed: list[str] = []
     runs_during = None
     while time.time() < deadline and proc.poll() is None:
         merged = _count(store, "SELECT COUNT(*) FROM runs WHERE status='finished'")
-        mid = [
-            r.run_id
-            for r in sweep.runs
-            if (r.run_dir / "checkpoints").is_dir()
-            and any((r.run_dir / "checkpoints").iterdir())
-            and not (r.run_dir / "status.json").exists()
-        ]
         if merged and runs_during is None:  # `forgetscale runs` works during the sweep
-            runs_during = subprocess.run(
+            runs_during = subprocess.Popen(
                 [sys.executable, "-m", "forgetscale", "runs", "--from", str(store)],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
+                env=env, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        mid = _mid_runs(sweep)
         if merged >= 1 and mid:
             proc.send_signal(signal.SIGKILL)
-            killed_mid = mid
+            killed.append(mid[0].run_id)
             break
         time.sleep(0.1)
     proc.wait()
-    assert killed_mid, f"the sweep ended before it could be killed mid-run: {proc.stderr.read()}"
-    assert runs_during is not None and runs_during.returncode == 0, runs_during
-    assert "finished" in runs_during.stdout
-    # the workers died with the driver
-    time.sleep(1.0)
+    assert killed, f"the sweep ended before it could be killed mid-run: {proc.stderr.read()}"
+    assert runs_during is not None
+    assert runs_during.wait(timeout=60) == 0 and "finished" in runs_during.stdout.read()
+    time.sleep(1.0)  # the workers died with the driver
     assert not any(folder_busy(r.run_dir) for r in sweep.runs if r.run_dir.is_dir())
     before = _count(store, "SELECT COUNT(*) FROM measurements")
 
+    # 2. the driver again; this time one of its workers is killed part-way through a run
+    proc = subprocess.Popen(
+        _sweep_cmd(), cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    victim = None
+    while time.time() < deadline and proc.poll() is None:
+        mid = [r for r in _mid_runs(sweep) if r.run_id not in killed and folder_busy(r.run_dir)]
+        if mid:
+            victim = mid[0]
+            lines = (victim.run_dir / "log.txt").read_text().splitlines()
+            pid = int([ln for ln in lines if ln.startswith("worker ")][-1].split()[1])
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=300)
+    assert victim is not None, f"no run to kill a worker in: {out} {err}"
+    assert proc.returncode == 1, err
+    assert "resume" in err and f"{victim.run_id}  {victim.label}: FAILED (worker process" in out
+    assert "killed by SIGKILL" in out and f"log: {victim.run_dir / 'log.txt'}" in out
+    killed.append(victim.run_id)
+
+    # 3. and again: it finishes
     done = subprocess.run(_sweep_cmd(), cwd=workdir, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "resume" in done.stderr and "4 runs: 4 finished" in done.stdout
+    assert "1 of 4 runs to do (1 resume)" in done.stderr
+    assert "4 runs: 4 finished" in done.stdout
     df = read_measurements(store)
     assert len(df) == 4 * len(steps) > before
     for run in sweep.runs:
         assert sorted(df[df.run_id == run.run_id].step) == steps
-    # the run killed part-way equals the same run done in one go
-    rid = killed_mid[0]
-    config = next(r.config for r in sweep.runs if r.run_id == rid)
-    alone = train(
-        config.to_dict()
-        | {
-            "store": str(workdir / "alone.db"),
-            "checkpoint_dir": None,
-            "output_dir": None,
-            "reference_dir": None,
-        }
-    )
-    assert alone.run_id == rid
-    diff = _rows(store, rid).sub(_rows(workdir / "alone.db", rid)).abs().max().max()
-    print(f"killed-and-resumed vs uninterrupted run: max difference {diff}")
-    _assert_same(_rows(store, rid), _rows(workdir / "alone.db", rid))
+    # the runs killed part-way equal the same runs done in one go
+    for rid in killed:
+        config = next(r.config for r in sweep.runs if r.run_id == rid).to_dict()
+        where = {"store": str(workdir / "alone.db"), "reference_dir": None}
+        alone = train(config | where | {"checkpoint_dir": None, "output_dir": None})
+        assert alone.run_id == rid
+        a, b = _rows(store, rid), _rows(workdir / "alone.db", rid)
+        print(f"run killed part-way vs uninterrupted: max difference {(a - b).abs().max().max()}")
+        _assert_same(a, b)

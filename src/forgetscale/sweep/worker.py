@@ -241,6 +241,11 @@ def serve(threads: int | None = None) -> int:
     """
     _die_with_parent()
     _quiet_libraries()
+    # import what a run needs now, while the driver builds the reference
+    import peft  # noqa: F401
+
+    import forgetscale.training  # noqa: F401
+
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     idle_err = os.dup(2)
     os.dup2(idle_err, 1)
@@ -274,7 +279,8 @@ def serve(threads: int | None = None) -> int:
         except ImportError:  # pragma: no cover
             pass
         answers.write(json.dumps({"run_dir": str(run_dir), **status}) + "\n")
-    return 0
+    answers.flush()
+    os._exit(0)  # nothing left to write; skip the slow interpreter teardown
 
 
 def main(argv: list[str] | None = None) -> int:
