@@ -4,6 +4,7 @@ mid-sweep and started again (nothing lost, nothing twice)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import yaml
 
 from forgetscale.cli import main
 from forgetscale.store import read_measurements
+from forgetscale.sweep.driver import dry_run
 from forgetscale.sweep.spec import load_sweep
 from forgetscale.sweep.worker import folder_busy
 from forgetscale.training import train
@@ -224,6 +226,14 @@ def test_sigkill_of_the_driver_or_a_worker_loses_nothing_and_writes_nothing_twic
     time.sleep(1.0)  # the workers died with the driver
     assert not any(folder_busy(r.run_dir) for r in sweep.runs if r.run_dir.is_dir())
     before = _count(store, "SELECT COUNT(*) FROM measurements")
+    # the dry run sees the finished and the partial runs, and a measured step time
+    table = io.StringIO()
+    dry_run(load_sweep("sweep.yaml"), table, workers=2)
+    table = table.getvalue()
+    print(table)
+    assert "finished" in table and "partial at step" in table and "s/step" in table
+    line = next(ln for ln in table.splitlines() if ln.startswith(killed[0]))
+    assert "partial at step" in line and line.split()[-1][-1] == "s"  # its time left
 
     # 2. the driver again; this time one of its workers is killed part-way through a run
     proc = subprocess.Popen(

@@ -164,14 +164,19 @@ def collect_states(sweep: Sweep, store: Any | None) -> list[RunState]:
 
 
 def _rate(states: list[RunState]) -> float | None:
-    rates = [s.sec_per_step for s in states if s.sec_per_step]
-    return statistics.median(rates) if rates else None
+    """Seconds per update, evaluations included: the median over finished runs (a whole run's
+    time, so the early, densely measured steps weigh as they should), else over partial ones."""
+    for pool in ([s for s in states if s.status == "finished"], states):
+        rates = [s.sec_per_step for s in pool if s.sec_per_step]
+        if rates:
+            return statistics.median(rates)
+    return None
 
 
-def time_left(state: RunState, fallback: float | None) -> float | None:
+def time_left(state: RunState, rate: float | None) -> float | None:
     if state.done:
         return 0.0
-    rate = state.sec_per_step or fallback
+    rate = rate or state.sec_per_step
     return None if rate is None else rate * (state.max_steps - state.step)
 
 
@@ -301,7 +306,7 @@ def dry_run(sweep: Sweep, out: TextIO | None = None, *, workers: int | None = No
     finally:
         if store is not None:
             store.close()
-    fallback = _rate(states)
+    rate = _rate(states)
     values = [[_cell(s.run.values[a]) for a in sweep.axes] for s in states]
     widths = [max(len(a), *(len(v[i]) for v in values)) for i, a in enumerate(sweep.axes)]
     ps = [parameter_count(s.run.config) for s in states]
@@ -315,7 +320,7 @@ def dry_run(sweep: Sweep, out: TextIO | None = None, *, workers: int | None = No
     )
     print(head, file=out)
     for s, v, p in zip(states, values, ps, strict=True):
-        left = time_left(s, fallback)
+        left = time_left(s, rate)
         print(
             "  ".join(
                 [f"{s.run.run_id:<16}", *(f"{c:<{w}}" for c, w in zip(v, widths, strict=True))]
@@ -336,11 +341,11 @@ def dry_run(sweep: Sweep, out: TextIO | None = None, *, workers: int | None = No
     if not todo:
         print(f"{summary}: nothing to run", file=out)
         return
-    if fallback is None:
+    if rate is None:
         print(f"{summary}; no measured step time yet (run time unknown)", file=out)
         return
-    total = sum(time_left(s, fallback) or 0.0 for s in todo)
-    text = f"{summary}; about {format_duration(total)} of run time left ({fallback:.2f} s/step)"
+    total = sum(time_left(s, rate) or 0.0 for s in todo)
+    text = f"{summary}; about {format_duration(total)} of run time left ({rate:.2f} s/step)"
     if workers and workers > 1:
         text += f", about {format_duration(total / min(workers, len(todo)))} with {workers} workers"
     print(text, file=out)
@@ -599,7 +604,7 @@ class Driver:
         run = state.run
         self.merge(store, run)
         status = W.read_json(run.run_dir / W.STATUS) or {}
-        if not fin.ok or status.get("status") not in DONE:
+        if status.get("status") not in DONE:  # the run folder says how the run ended
             message = (
                 (status.get("message") if status.get("status") == "failed" else None)
                 or fin.message
