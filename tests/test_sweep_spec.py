@@ -245,3 +245,21 @@ def test_paper_sweep_dry_run(tmp_path, monkeypatch, capsys):
     per_block = 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008))  # rank 8, 7 modules
     assert f"{2 * per_block:,}" in out and f"{2 * 32 * per_block:,}" in out
     assert not store.parent.exists()
+
+
+def test_paths_are_found_next_to_the_file_that_names_them(sweepdir, capsys):
+    sub = sweepdir / "study"
+    sub.mkdir()
+    (sub / "other.jsonl").write_text((sweepdir / "task.jsonl").read_text())
+    base = {k: v for k, v in yaml.safe_load(MINIMAL).items() if k != "task_data"}
+    (sweepdir / "nodata.yaml").write_text(yaml.safe_dump(base))
+    _write(sub / "s.yaml", {"base": "../nodata.yaml", "grid": {"task_data": ["./other.jsonl"]}})
+    sweep = load_sweep(sub / "s.yaml")
+    assert sweep.runs[0].config.task_data == str(sub / "other.jsonl")
+    assert sweep.runs[0].config.model == str((sweepdir / "tiny-model").resolve())
+    # a key the base lacks may come from the command line
+    _write(sub / "t.yaml", {"base": "../nodata.yaml", "grid": {"rank": [2]}})
+    with pytest.raises(UserError, match="task_data is required"):
+        load_sweep(sub / "t.yaml")
+    assert main(["sweep", str(sub / "t.yaml"), "--task_data=task.jsonl", "--dry-run"]) == 0
+    assert "1 new" in capsys.readouterr().out

@@ -116,25 +116,19 @@ def _take_own_flags(args: argparse.Namespace, items: list[str]) -> list[str]:
 
 
 def split_executor_flags(
-    overrides: dict[str, Any], executor: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    overrides: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Separate ``--EXECUTOR-OPTION`` flags (``ray_address``) from train config overrides."""
-    from forgetscale.errors import UserError
     from forgetscale.sweep.executors import EXECUTORS
 
-    flags: dict[str, Any] = {}
+    flags: dict[str, dict[str, Any]] = {}
     train: dict[str, Any] = {}
     for key, value in overrides.items():
         owner = next((n for n in EXECUTORS if key.startswith(n + "_")), None)
         if owner is None:
             train[key] = value
-        elif owner != executor:
-            raise UserError(
-                f"--{key.replace('_', '-')} is an option of --executor {owner} "
-                f"(this sweep runs on {executor})"
-            )
         else:
-            flags[key[len(owner) + 1 :]] = value
+            flags.setdefault(owner, {})[key[len(owner) + 1 :]] = value
     return flags, train
 
 
@@ -148,17 +142,21 @@ def run(args: argparse.Namespace) -> int:
     rest = _take_own_flags(args, list(args.overrides or []))
     if args.executor is not None and args.executor not in EXECUTORS:
         raise UserError(f"unknown executor {args.executor!r}; one of: {', '.join(EXECUTORS)}")
-    overrides = parse_overrides(rest)
-    sweep = load_sweep(args.sweep, {}, executor=args.executor)  # the executor it names
-    flags, train_overrides = split_executor_flags(overrides, sweep.executor)
-    if train_overrides:
-        sweep = load_sweep(args.sweep, train_overrides, executor=args.executor)
+    by_executor, train_overrides = split_executor_flags(parse_overrides(rest))
+    sweep = load_sweep(args.sweep, train_overrides, executor=args.executor)
+    for name, given in by_executor.items():
+        if name != sweep.executor:
+            key = next(iter(given))
+            raise UserError(
+                f"--{name}-{key.replace('_', '-')} is an option of --executor {name} "
+                f"(this sweep runs on {sweep.executor})"
+            )
+    flags = dict(by_executor.get(sweep.executor, {}))
     if args.workers is not None:
         try:
-            workers = int(args.workers)
+            flags["workers"] = int(args.workers)
         except ValueError:
             raise UserError(f"--workers must be an integer, got {args.workers!r}") from None
-        flags["workers"] = workers
     options = executor_options(sweep, sweep.executor, flags)
     if args.dry_run:
         dry_run(sweep, workers=getattr(options, "workers", None))
