@@ -3,6 +3,7 @@ before anything starts, the store's merge, P on the meta device. No training her
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -263,3 +264,24 @@ def test_paths_are_found_next_to_the_file_that_names_them(sweepdir, capsys):
         load_sweep(sub / "t.yaml")
     assert main(["sweep", str(sub / "t.yaml"), "--task_data=task.jsonl", "--dry-run"]) == 0
     assert "1 new" in capsys.readouterr().out
+
+
+def test_local_executor_shares_cores_and_gives_each_worker_its_gpu(tmp_path, monkeypatch):
+    from forgetscale.sweep.executors import get_executor
+
+    local = get_executor("local")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    ex = local(local.Options(), tmp_path)  # nothing starts before start()
+    assert ex.n_workers == 3 and ex.threads == 4 and ex.capacity() == 3
+    assert [ex._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "3"]
+    assert ex._env(0)["OMP_NUM_THREADS"] == "4" and ex._env(2)["FORGETSCALE_THREADS"] == "4"
+    assert "1 thread" not in ex.describe() and "GPUs 0,1,3" in ex.describe()
+    ex = local(local.Options(workers=2, gpus=[5]), tmp_path)
+    assert [ex._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["5", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a cap the user set is kept
+    ex = local(local.Options(workers=2), tmp_path)
+    assert ex.threads == 1 and ex.gpus == [] and ex.n_workers == 2
+    assert ex.pending() == 0 and not any(ex.workers)

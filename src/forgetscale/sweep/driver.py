@@ -533,6 +533,7 @@ class Driver:
                 return self.summary(states, store)
             executor = get_executor(self.executor_name)(self.options, sweep.folder)
             try:
+                executor.start()
                 self.log(
                     f"sweep {sweep.name}: {len(todo)} of {len(states)} runs to do "
                     f"({sum(s.status == 'partial' for s in todo)} resume); {executor.describe()}"

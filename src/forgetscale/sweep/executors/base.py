@@ -81,6 +81,10 @@ class Executor(abc.ABC):
         self.options = options
         self.sweep_dir = sweep_dir
 
+    def start(self) -> None:  # noqa: B027 - optional
+        """Called once before the driver builds the references and dispatches: start what
+        takes a while (worker processes, a cluster connection) so it overlaps that work."""
+
     @abc.abstractmethod
     def submit(self, task: RunTask) -> None:
         """Start (or queue) the worker for ``task``; returns at once."""

@@ -137,9 +137,12 @@ class LocalExecutor(Executor):
         self.workers: list[_Worker | None] = [None] * self.n_workers
         self.waiting: list[RunTask] = []
         self.submitted = 0
-        # started now: their imports overlap with the driver's reference build
-        for i in range(self.n_workers):
-            self._start(i)
+
+    def start(self) -> None:
+        """Start the workers now: their imports overlap with the driver's reference build."""
+        for i, w in enumerate(self.workers):
+            if w is None:
+                self._start(i)
 
     def describe(self) -> str:
         gpu = ""
