@@ -536,13 +536,15 @@ class Driver:
                 executor.start()
                 self.log(
                     f"sweep {sweep.name}: {len(todo)} of {len(states)} runs to do "
-                    f"({sum(s.status == 'partial' for s in todo)} resume); {executor.describe()}"
+                    f"({sum(s.measurements > 0 for s in todo)} resume); {executor.describe()}"
                 )
                 build_references([s.run.config for s in todo], self.log)
                 self.dispatch(executor, store, states, todo)
-            except BaseException:
+            except BaseException as exc:
                 executor.cancel_all()
                 self.merge_idle_folders(store)
+                if isinstance(exc, KeyboardInterrupt):
+                    self.log("sweep: stopped; run the same command again to resume")
                 raise
             finally:
                 executor.close()
