@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -97,13 +98,18 @@ grid:
     return path
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, of the process and every process it waited
+    for: the sweep's workers included) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-    return wall
+    return wall, cpu
 
 
 def main() -> int:
@@ -144,7 +150,7 @@ def main() -> int:
         make_inputs(work, args.hidden, args.layers)
         sweep = write_sweep(work, args.steps)
         n_runs = 8
-        times: dict[str, list[float]] = {"loop": [], **{e: [] for e in executors}}
+        times: dict[str, list[tuple[float, float]]] = {"loop": [], **{e: [] for e in executors}}
         skipped: dict[str, str] = {}
         for r in range(args.repeats):
             loop_store = work / f"loop-{r}" / "results.db"
@@ -167,24 +173,37 @@ def main() -> int:
                     skipped[name] = str(exc).strip().splitlines()[-1]
             print(
                 f"repeat {r + 1}: "
-                + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items() if len(v) > r),
+                + ", ".join(
+                    f"{k} {v[-1][0]:.1f}s wall / {v[-1][1]:.1f}s CPU"
+                    for k, v in times.items()
+                    if len(v) > r
+                ),
                 file=sys.stderr,
             )
-        loop = statistics.median(times["loop"])
+
+        def med(name: str, i: int) -> float:
+            return statistics.median(t[i] for t in times[name])
+
         print(
             f"bench_sweep: {n_runs} runs x {args.steps} steps, tiny Llama hidden {args.hidden} x "
-            f"{args.layers} layers, {args.threads} thread(s); {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores; medians of {args.repeats}"
+            f"{args.layers} layers, {args.threads} thread(s); "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
+            f"average {os.getloadavg()[0]:.1f}; medians of {args.repeats}"
         )
-        print(f"  train API loop (baseline):       {loop:8.1f} s")
+        print("  wall time is what a user waits; CPU time (processes and their workers) is the")
+        print("  work done, and stays comparable on a machine shared with other jobs")
+        loop_wall, loop_cpu = med("loop", 0), med("loop", 1)
+        print(f"  train API loop (baseline)     {loop_wall:8.1f} s wall  {loop_cpu:8.1f} s CPU")
         for name in executors:
             if name in skipped:
                 print(f"  sweep --executor {name:<6}: not run ({skipped[name]})")
                 continue
-            t = statistics.median(times[name])
+            wall, cpu = med(name, 0), med(name, 1)
             print(
-                f"  sweep --executor {name:<6}        {t:8.1f} s   ratio {t / loop:.3f} "
-                f"(overhead {100 * (t / loop - 1):+.1f}%, {(t - loop) / n_runs:+.2f} s per run)"
+                f"  sweep --executor {name:<6}      {wall:8.1f} s wall  {cpu:8.1f} s CPU   "
+                f"ratio {wall / loop_wall:.3f} wall, {cpu / loop_cpu:.3f} CPU "
+                f"(overhead {100 * (cpu / loop_cpu - 1):+.1f}% CPU, "
+                f"{(wall - loop_wall) / n_runs:+.2f} s wall per run)"
             )
         return 0
     finally:
