@@ -56,6 +56,12 @@ for run in sweep.runs:
 """
 
 
+WORKER_IMPORTS = """
+import peft, torch, transformers
+import forgetscale.sweep.worker, forgetscale.training
+"""
+
+
 def make_inputs(folder: Path, hidden: int, layers: int) -> None:
     """A tiny random Llama with a BPE tokenizer, task text and a forgetting corpus."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -181,6 +187,11 @@ def main() -> int:
                 file=sys.stderr,
             )
 
+        # what a worker process costs to start (once per worker, not per run)
+        start_cpu = statistics.median(
+            timed([sys.executable, "-c", WORKER_IMPORTS], work, env)[1] for _ in range(3)
+        )
+
         def med(name: str, i: int) -> float:
             return statistics.median(t[i] for t in times[name])
 
@@ -205,6 +216,13 @@ def main() -> int:
                 f"(overhead {100 * (cpu / loop_cpu - 1):+.1f}% CPU, "
                 f"{(wall - loop_wall) / n_runs:+.2f} s wall per run)"
             )
+            if name == "local":
+                per_run = (cpu - loop_cpu - start_cpu) / n_runs
+                print(
+                    f"    of which starting the worker process (imports, once per worker): "
+                    f"{start_cpu:.1f} s CPU; the rest, per run (dispatch, run folder, merge, "
+                    f"progress): {per_run:+.2f} s CPU = {100 * per_run * n_runs / loop_cpu:+.1f}%"
+                )
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

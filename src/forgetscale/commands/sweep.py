@@ -135,9 +135,11 @@ def split_executor_flags(
 def run(args: argparse.Namespace) -> int:
     from forgetscale.config import parse_overrides
     from forgetscale.errors import UserError
-    from forgetscale.sweep.driver import dry_run, executor_options, run_sweep
+    from forgetscale.sweep.driver import run_sweep
     from forgetscale.sweep.executors import EXECUTORS
+    from forgetscale.sweep.options import executor_options
     from forgetscale.sweep.spec import load_sweep
+    from forgetscale.sweep.status import dry_run
 
     rest = _take_own_flags(args, list(args.overrides or []))
     if args.executor is not None and args.executor not in EXECUTORS:

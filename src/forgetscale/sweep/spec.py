@@ -35,10 +35,7 @@ run writes into ``<store folder>/runs/<run id>/`` and references live in
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from typing import Any
 from forgetscale.config import PATH_FIELDS, TrainConfig, build_config
 from forgetscale.errors import UserError
 from forgetscale.sweep.executors.base import Resources
+from forgetscale.sweep.options import _close, coerce_dataclass
 
 SWEEP_KEYS = ("name", "base", "store", "overrides", "grid", "zip", "resources", "executor")
 
@@ -122,11 +120,6 @@ def label_of(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt_value(v)}" for k, v in values.items())
 
 
-def _close(key: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def _train_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -175,13 +168,6 @@ def _check_train_keys(values: dict[str, Any], where: str, *, owned_ok: bool = Fa
                 f"{where}.{key}: set by the sweep (each run writes into its own folder under "
                 "the store's folder); set the sweep's `store:` instead"
             )
-
-
-def _build(values: dict[str, Any], cli: dict[str, Any], where: str) -> TrainConfig:
-    try:
-        return build_config(values, overrides=cli, where=where)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
 
 
 def _axes(raw: Any, where: str) -> dict[str, list[Any]]:
@@ -389,7 +375,17 @@ def _resources(raw: Any, where: str) -> Resources:
         return Resources()
     if not isinstance(raw, dict):
         raise UserError(f"{where}: a mapping (cpus, gpus, memory_gb, time_limit_min)")
-    return coerce_dataclass(Resources, raw, where)
+    obj = coerce_dataclass(Resources, raw, where)
+    for key in ("cpus", "gpus"):
+        if getattr(obj, key) < 0:
+            raise UserError(f"{where}.{key} must be >= 0, got {getattr(obj, key)}")
+    if obj.cpus < 1:
+        raise UserError(f"{where}.cpus must be >= 1, got {obj.cpus}")
+    for key in ("memory_gb", "time_limit_min"):
+        v = getattr(obj, key)
+        if v is not None and v <= 0:
+            raise UserError(f"{where}.{key} must be positive, got {v}")
+    return obj
 
 
 def _executor_block(raw: Any, where: str) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -423,110 +419,3 @@ def _executor_block(raw: Any, where: str) -> tuple[str, dict[str, dict[str, Any]
             raise UserError(f"{where}.{key}: a mapping of the executor's options")
         options[key] = value
     return default, options
-
-
-# ------------------------------------------------------------------------------------------
-# typed option blocks (resources:, executor options)
-
-
-def _coerce(where: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        errors = []
-        for arg in args:
-            try:
-                return _coerce(where, value, arg)
-            except UserError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin in (list, tuple):
-        (item,) = typing.get_args(tp)[:1] or (Any,)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        items = [_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "true",
-            "yes",
-            "on",
-            "1",
-            "false",
-            "no",
-            "off",
-            "0",
-        ):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UserError(f"{where} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UserError(f"{where} must be a finite number, got {value!r}")
-            return float(value)
-        if isinstance(value, str):
-            try:
-                out = float(value)
-            except ValueError:
-                pass
-            else:
-                if math.isfinite(out):
-                    return out
-        raise UserError(f"{where} must be a finite number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"{where} must be a string, got {value!r}")
-    return value
-
-
-def coerce_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build the dataclass ``cls`` from a mapping, typed by its fields; unknown keys and values
-    of the wrong type are refused with ``where.key`` in the message (one :class:`UserError`)."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise UserError(
-                f"{where}.{key}: unknown option (known: {', '.join(fields)}){_close(str(key), fields)}"
-            )
-        kwargs[key] = _coerce(f"{where}.{key}", value, hints[key])
-    try:
-        obj = cls(**kwargs)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
-    if cls is Resources:
-        for key in ("cpus", "gpus"):
-            if getattr(obj, key) < 0:
-                raise UserError(f"{where}.{key} must be >= 0, got {getattr(obj, key)}")
-        if obj.cpus < 1:
-            raise UserError(f"{where}.cpus must be >= 1, got {obj.cpus}")
-        for key in ("memory_gb", "time_limit_min"):
-            v = getattr(obj, key)
-            if v is not None and v <= 0:
-                raise UserError(f"{where}.{key} must be positive, got {v}")
-    return obj
