@@ -25,11 +25,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "reference",
     "measure",
     "train",
+    "sweep",
     "runs",
     "export",
     "fit",
     "predict",
     "compare",
+    "study",
 )
 
 DESCRIPTION = """\
@@ -37,7 +39,8 @@ forgetscale measures how much a language model forgets when it is fine-tuned,
 fits the scaling laws of forgetting (Kalajdzievski, arXiv 2401.05605) to your
 runs, and predicts forgetting before you spend the compute.
 
-pipeline:  reference -> measure | train -> runs/export -> fit -> predict/compare
+pipeline:  reference -> measure | train/sweep -> runs/export -> fit -> predict/compare
+the main job in one command:  study (runs, laws tested on runs they never saw, report.html)
 """
 
 

@@ -387,6 +387,71 @@ class ResultsStore:
         df = pd.read_sql_query(sql, self.conn, params=params)
         return df.astype({"step": "int64", **{c.name: c.dtype for c in DOWNSTREAM_COLUMNS}})
 
+    def merge_run(self, other: ResultsStore | str | Path, run_id: str) -> int:
+        """Copy run ``run_id`` from the store ``other`` into this one; returns the measurements
+        added.
+
+        Idempotent: the run's row takes ``other``'s values (status, last step, ...), and its
+        measurements are inserted unless this store already holds that (run, step), so merging
+        the same run twice, or a partial run and later the finished one, never writes a
+        measurement (or downstream result) twice. One transaction: a process killed while
+        merging leaves the store as it was. The columns are those both stores' tables have (read from the schema).
+        """
+        own = not isinstance(other, ResultsStore)
+        src = ResultsStore(other, create=False) if own else other
+        try:
+            cur = src.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,))
+            row = cur.fetchone()
+            if row is None:
+                return 0
+            run_cols = self._common_columns("runs", [d[0] for d in cur.description])
+            run_values = dict(zip([d[0] for d in cur.description], row, strict=True))
+            cur = src.conn.execute(
+                "SELECT * FROM measurements WHERE run_id=? ORDER BY step", (run_id,)
+            )
+            m_all = [d[0] for d in cur.description]
+            m_rows = cur.fetchall()
+            has_downstream = src.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='downstream'"
+            ).fetchone()
+            d_all, d_rows = [], []
+            if has_downstream:
+                cur = src.conn.execute("SELECT * FROM downstream WHERE run_id=?", (run_id,))
+                d_all, d_rows = [d[0] for d in cur.description], cur.fetchall()
+        finally:
+            if own:
+                src.close()
+        m_cols = self._common_columns("measurements", m_all)
+        m_index = [m_all.index(c) for c in m_cols]
+        updates = ", ".join(f"{c}=excluded.{c}" for c in run_cols if c != "id")
+        with self._tx() as c:
+            c.execute(
+                f"INSERT INTO runs ({', '.join(run_cols)}) "
+                f"VALUES ({', '.join('?' for _ in run_cols)}) "
+                f"ON CONFLICT(id) DO UPDATE SET {updates}",
+                [run_values[k] for k in run_cols],
+            )
+            before = c.total_changes
+            c.executemany(
+                f"INSERT OR IGNORE INTO measurements ({', '.join(m_cols)}) "
+                f"VALUES ({', '.join('?' for _ in m_cols)})",
+                [[r[i] for i in m_index] for r in m_rows],
+            )
+            added = c.total_changes - before
+            if d_rows:
+                d_cols = self._common_columns("downstream", d_all)
+                d_index = [d_all.index(col) for col in d_cols]
+                c.executemany(
+                    f"INSERT OR IGNORE INTO downstream ({', '.join(d_cols)}) "
+                    f"VALUES ({', '.join('?' for _ in d_cols)})",
+                    [[r[i] for i in d_index] for r in d_rows],
+                )
+        return added
+
+    def _common_columns(self, table: str, other_columns: list[str]) -> list[str]:
+        mine = [d[0] for d in self.conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
+        return [c for c in mine if c in set(other_columns)]
+
     def measured_steps(self, run_id: str) -> set[int]:
         rows = self.conn.execute("SELECT step FROM measurements WHERE run_id=?", (run_id,))
         return {int(r[0]) for r in rows}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 NAME = "study"
 HELP = "run a study (a sweep plus its analysis) and write report.html"
@@ -23,8 +24,6 @@ predict_ranks). The report goes beside the study's results store:
 report.html (self-contained, opens from disk) and report.json (every number).
 """
 
-OWN_FLAGS = ("--analyse-only", "--executor", "--workers", "--no-progress", "--out")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from forgetscale.sweep.executors import EXECUTORS
@@ -38,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--analyse-only", action="store_true", help="skip the runs; analyse what is in the store"
     )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the runs (P, status, time left) and exit"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "overrides",
@@ -48,17 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forgetscale.commands.sweep import split_flags
-    from forgetscale.study.runner import run_study
+    from forgetscale.commands.sweep import load_from_args, take_own_flags
+    from forgetscale.study.runner import analysis_of, run_study, study_file
 
-    overrides, flags = split_flags(args.overrides or [])
-    if args.workers is not None:
-        flags["workers"] = args.workers
+    rest = take_own_flags(
+        args,
+        list(args.overrides or []),
+        switches=("--analyse-only", "--dry-run", "--no-progress"),
+        valued=("--executor", "--workers", "--out"),
+    )
+    store = str(Path(args.out) / "results.db") if args.out else None
+    sweep, flags = load_from_args(
+        args, study_file(args.study), rest, extra_keys=("analysis",), store=store
+    )
+    if args.dry_run:
+        from forgetscale.sweep.options import executor_options
+        from forgetscale.sweep.status import dry_run
+
+        options = executor_options(sweep, sweep.executor, flags)
+        dry_run(sweep, workers=getattr(options, "workers", None))
+        return 0
     outcome = run_study(
-        args.study,
-        out=args.out,
-        overrides=overrides,
-        executor=args.executor,
+        sweep,
+        analysis_of(sweep),
         flags=flags,
         analyse_only=args.analyse_only,
         progress=not args.no_progress,

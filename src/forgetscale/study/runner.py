@@ -53,31 +53,37 @@ def study_file(name_or_path: str | None) -> Path:
     return path
 
 
+def analysis_of(sweep: Any) -> Any:
+    """The checked ``analysis:`` block of a study's sweep (loaded with ``extra_keys``)."""
+    from forgetscale.study.analysis import AnalysisConfig
+
+    raw = sweep.extra.get("analysis")
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{sweep.path}: analysis: a mapping of analysis keys")
+    try:
+        return AnalysisConfig.from_dict(raw or {})
+    except UserError as exc:
+        raise UserError(f"{sweep.path}: {exc}") from None
+
+
 def load_study(
     name_or_path: str | None,
     *,
     out: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     executor: str | None = None,
-):
+) -> tuple[Any, Any]:
     """Read a study file: its sweep (with the store moved into ``out`` when given) and its
     checked ``analysis:`` block. Returns ``(sweep, analysis_config)``."""
-    from forgetscale.study.analysis import AnalysisConfig
     from forgetscale.sweep.spec import load_sweep
 
-    path = study_file(name_or_path)
     overrides = dict(overrides or {})
     if out is not None:
         overrides["store"] = str(Path(out) / "results.db")
-    sweep = load_sweep(path, overrides, executor=executor, extra_keys=("analysis",))
-    raw = sweep.extra.get("analysis") or {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: analysis: a mapping of analysis keys")
-    try:
-        analysis = AnalysisConfig.from_dict(raw)
-    except UserError as exc:
-        raise UserError(f"{path}: analysis: {exc}") from None
-    return sweep, analysis
+    sweep = load_sweep(
+        study_file(name_or_path), overrides, executor=executor, extra_keys=("analysis",)
+    )
+    return sweep, analysis_of(sweep)
 
 
 def _machine() -> dict[str, Any]:
@@ -109,10 +115,9 @@ def _machine() -> dict[str, Any]:
 
 
 def run_study(
-    name_or_path: str | None = None,
+    sweep: Any,
+    analysis: Any,
     *,
-    out: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
     executor: str | None = None,
     flags: dict[str, Any] | None = None,
     analyse_only: bool = False,
@@ -120,16 +125,17 @@ def run_study(
     command: list[str] | None = None,
     err: TextIO | None = None,
 ) -> StudyOutcome:
-    """Run (or resume) a study and write its report; see the module docstring."""
+    """Run (or resume) the study's runs and write its report; see the module docstring.
+
+    ``sweep`` and ``analysis`` come from :func:`load_study`.
+    """
     from forgetscale.models import library_versions
     from forgetscale.study.analysis import analyse
     from forgetscale.study.report import write_report
     from forgetscale.sweep.driver import run_sweep
-    from forgetscale.sweep.worker import STORE
 
     err = err or sys.stderr
     t0 = time.perf_counter()
-    sweep, analysis = load_study(name_or_path, out=out, overrides=overrides, executor=executor)
     code = 0
     if analyse_only:
         if not sweep.store.is_file():
@@ -145,6 +151,7 @@ def run_study(
     }
     references = sorted(sweep.reference_dir.glob("ref-*.safetensors"))
     print(f"study: analysing {len(run_ids)} runs in {sweep.store}", file=err, flush=True)
+    t_analysis = time.perf_counter()
     report = analyse(
         sweep.store,
         analysis,
@@ -153,14 +160,18 @@ def run_study(
         reference=str(references[0]) if len(references) == 1 else None,
         study={
             "name": sweep.name,
-            "file": str(study_file(name_or_path).resolve()),
+            "file": str(sweep.path.resolve()),
             "command": shlex.join(command) if command else None,
             "machine": _machine(),
             "versions": library_versions(),
-            "runs_wall_s": None if analyse_only else t_runs,
+            "runs_wall_s": None if analyse_only else round(t_runs, 1),
             "store": str(sweep.store),
-            "run_folders": {r.run_id: str(sweep.run_dir(r.run_id) / STORE) for r in sweep.runs},
         },
     )
     html, json_path = write_report(report, sweep.folder)
+    print(
+        f"study: analysis and report took {time.perf_counter() - t_analysis:.1f} s",
+        file=err,
+        flush=True,
+    )
     return StudyOutcome(code, html, json_path, sweep.store, time.perf_counter() - t0)

@@ -21,7 +21,20 @@ def get_executor(name: str) -> type[Executor]:
     """The executor class registered under ``name``."""
     if name not in EXECUTORS:
         raise UserError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
-    return importlib.import_module(EXECUTORS[name]).EXECUTOR
+    module_name = EXECUTORS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_name:
+            raise UserError(f"the {name} executor is not part of this forgetscale") from None
+        if missing.split(".")[0] == "forgetscale":
+            raise
+        raise UserError(
+            f"the {name} executor needs {missing.split('.')[0]}, which is not installed: "
+            f'pip install "forgetscale[{name}]"'
+        ) from None
+    return module.EXECUTOR
 
 
 __all__ = ["EXECUTORS", "Executor", "Finished", "Resources", "RunTask", "get_executor"]

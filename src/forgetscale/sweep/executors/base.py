@@ -65,6 +65,10 @@ class Executor(abc.ABC):
     ``Options`` is the executor's own frozen dataclass (fields with ``metadata={"help": ...}``,
     validated in ``__post_init__``, raising :class:`forgetscale.errors.UserError`); its values
     come from the sweep file's ``executor: {NAME: {...}}`` block with command-line flags on top.
+    Field ``FIELD`` is set on the command line as ``--NAME-FIELD=value`` (``--ray-address``);
+    ``metadata={"flag": "--workers"}`` names another flag for ``forgetscale sweep --help``
+    (the command itself knows ``--workers``). Values are typed by the field's annotation
+    (int, float, str, bool, list[...], X | None) before the dataclass is built.
     The constructor must fail fast with one ``UserError`` line when the executor cannot work
     here (extra not installed: name the ``pip install "forgetscale[NAME]"`` command; cluster
     unreachable; no Slurm on the machine), before the driver starts anything.
@@ -76,6 +80,10 @@ class Executor(abc.ABC):
     def __init__(self, options: Any, sweep_dir: Path):
         self.options = options
         self.sweep_dir = sweep_dir
+
+    def start(self) -> None:  # noqa: B027 - optional
+        """Called once before the driver builds the references and dispatches: start what
+        takes a while (worker processes, a cluster connection) so it overlaps that work."""
 
     @abc.abstractmethod
     def submit(self, task: RunTask) -> None:

@@ -1,0 +1,85 @@
+"""`forgetscale study` end to end on a tiny model: a study file (a sweep plus analysis:) runs,
+writes report.html and report.json, re-runs only re-analyse, and bad study files are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forgetscale.cli import main
+from forgetscale.store import read_measurements
+
+STUDY = """\
+base: ./run.yaml
+forgetting_max_tokens: 1024
+max_steps: 6
+eval_steps: [0, 1, 2, 3, 4, 5, 6]
+store: ./study/results.db
+grid:
+  rank: [1, 2, 4, 8]
+analysis:
+  min_step: 1
+  holdout_runs: 1
+  holdout_steps: 0.3
+  bootstrap: 8
+  laws: {forgetting_loss: [linear, multiplicative], finetune_loss: [multiplicative]}
+"""
+
+
+def test_a_study_runs_writes_its_report_and_a_rerun_only_reanalyses(workdir, capsys):
+    (workdir / "study.yaml").write_text(STUDY)
+    assert main(["study", "study.yaml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    html, data = workdir / "study" / "report.html", workdir / "study" / "report.json"
+    assert f"report: {html}" in out and html.is_file() and data.is_file()
+    report = json.loads(data.read_text())
+    assert len(report["runs"]) == 4
+    assert {"forgetting_loss", "finetune_loss"} <= set(report["laws"])
+    assert report["study"]["command"].startswith("forgetscale study study.yaml")
+    assert "<img" in html.read_text()
+    n = len(read_measurements(workdir / "study" / "results.db"))
+    assert n == 4 * 7
+    # a finished study only re-analyses; --analyse-only skips the runs explicitly
+    assert main(["study", "study.yaml", "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert main(["study", "study.yaml", "--analyse-only"]) == 0
+    assert len(read_measurements(workdir / "study" / "results.db")) == n
+
+
+def test_out_moves_the_study(workdir, capsys):
+    (workdir / "study.yaml").write_text(STUDY.replace("[1, 2, 4, 8]", "[1, 2]"))
+    assert main(["study", "study.yaml", "--out", "elsewhere", "--no-progress"]) == 0
+    assert (workdir / "elsewhere" / "report.html").is_file()
+    assert not (workdir / "study").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (STUDY.replace("  min_step: 1\n", "  min_stp: 1\n"), "analysis.*min_stp"),
+        (STUDY.replace("  bootstrap: 8\n", "  bootstrap: -1\n"), "bootstrap"),
+        (STUDY + "analyses: {}\n", "analyses: unknown key"),
+        ("base: ./run.yaml\nanalysis: {}\n", "no grid: or zip: block"),
+    ],
+)
+def test_bad_study_files_are_one_line(workdir, capsys, text, message):
+    import re
+
+    (workdir / "study.yaml").write_text(text)
+    assert main(["study", "study.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (workdir / "study").exists()
+
+
+def test_a_missing_study_file_names_the_built_in_studies(workdir, capsys):
+    assert main(["study", "nope.yaml"]) == 2
+    assert "built-in study: default, quick" in capsys.readouterr().err
+
+
+def test_the_built_in_studies_are_valid(workdir, capsys):
+    for name in ("default", "quick"):
+        assert main(["study", name, "--dry-run", "--out", "x"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep default: 8 runs" in out and "sweep quick: 4 runs" in out
