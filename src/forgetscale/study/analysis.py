@@ -252,7 +252,7 @@ class StudyReport:
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON data: ``format`` plus every field (NaN and infinities as ``null``)."""
-        from forgetscale.laws.outputs import json_safe
+        from forgetscale.outputs import json_safe
 
         d, _ = json_safe({"format": REPORT_FORMAT, **asdict(self)})
         return d
