@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from forgetscale.errors import UserError
-from forgetscale.study.analysis import EXTRAPOLATION_RATIO, SYMBOLS, TARGET_ORDER, StudyReport
+from forgetscale.study.analysis import StudyReport
+from forgetscale.study.config import EXTRAPOLATION_RATIO, SYMBOLS, TARGET_ORDER
 from forgetscale.study.figures import draw
 
 CSS = """
