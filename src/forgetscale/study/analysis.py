@@ -6,19 +6,13 @@ of the report as plain data (its :meth:`StudyReport.to_json` is strict JSON: NaN
 infinities become ``null``). The figures are data here too; :mod:`forgetscale.study.report`
 draws them and writes ``report.html`` beside ``report.json``.
 
-Each part of the report is computed in one module, in the order :func:`analyse` calls them:
-
-====================================  ==================================================
-:mod:`~forgetscale.study.config`      the ``analysis:`` block, targets, thresholds
-:mod:`~forgetscale.study.runs`        the runs, their labels and measurements, downstream
-:mod:`~forgetscale.study.fits`        laws per target, held-out runs and steps, ranking
-:mod:`~forgetscale.study.predictions`  what would rank r forget
-:mod:`~forgetscale.study.noise`       noise floor, seed spread, hard against soft L_f
-:mod:`~forgetscale.study.forgotten`   the most-forgotten blocks of the largest rank
-:mod:`~forgetscale.study.figure_data`  the data behind each figure
-:mod:`~forgetscale.study.checks`      the study's acceptance criteria
-:mod:`~forgetscale.study.paper`       the paper's constants beside this study's
-====================================  ==================================================
+Each part of the report is computed in one module, in the order :func:`analyse` calls
+them: ``runs`` (the runs, their labels and measurements, downstream rows), ``fits``
+(the laws per target, held-out runs and steps, ranking, the best law), ``predictions``
+(what would rank r forget), ``noise`` (noise floor, seed spread, hard against soft L_f),
+``forgotten`` (the most-forgotten blocks of the largest rank), ``figure_data`` (the data
+behind each figure), ``checks`` (the acceptance criteria) and ``paper`` (the paper's
+constants beside this study's); ``config`` holds the ``analysis:`` block.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import numpy as np
 
 from forgetscale.study.config import METRICS, AnalysisConfig
 from forgetscale.study.fits import law_entry
+from forgetscale.study.noise import typical_spread
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -36,11 +37,8 @@ def figure_data(
     """``{name: {title, caption, data}}`` for every figure the runs can show."""
     labels = {r["run_id"]: r["label"] for r in runs}
     figs: dict[str, dict[str, Any]] = {}
-    base = {k: v for k, v in noise["step0_summary"].items()}
-    spread = {}
-    for s in noise["seed_spread"]:
-        for k, v in s["summary"].items():
-            spread[k] = max(spread.get(k, 0.0), v["median"])
+    base = noise["step0_summary"]
+    spread = typical_spread(noise["seed_spread"])
 
     # L_f against L_ft, hard and soft, the linear law and a line per P
     lin_targets = [t for t in ("forgetting_loss", "forgetting_loss_soft") if t in df.columns]

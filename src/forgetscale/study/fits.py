@@ -187,7 +187,6 @@ def holdout_evaluation(
     cols = ["run_id", "params_trained", "step", "split", target, f"predicted_{target}"]
     cols = [c for c in cols if c in points.columns]
     pts = points[cols].rename(columns={target: "observed", f"predicted_{target}": "predicted"})
-    pts["split"] = pts["split"].map({"in_sample": "in_sample", "held_out": "held_out"})
     ratio = ev.rmse_ratio.get(target)
     description = ev.description
     if scheme == "runs":

@@ -48,10 +48,12 @@ nav a { margin-right: 12px; }
 
 
 def esc(x: Any) -> str:
+    """``x`` as escaped HTML text (``None`` as nothing)."""
     return html.escape("" if x is None else str(x))
 
 
 def num_text(x: Any, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits; ``n/a`` for None, NaN and infinities."""
     if x is None or isinstance(x, bool):
         return "n/a" if x is None else str(x)
     try:
@@ -87,6 +89,7 @@ def table(
 
 
 def num_cell(x: Any, digits: int = 4) -> str:
+    """A number as a right-aligned cell."""
     return "\x00" + num_text(x, digits)
 
 
@@ -109,10 +112,12 @@ def ratio_text(x: Any) -> str:
 
 
 def ci_cell(ci: Sequence[float] | None, digits: int = 4) -> str:
+    """An interval ``[lo, hi]`` as a right-aligned cell (a dash when there is none)."""
     if not ci:
         return "\x00–"
     return f"\x00[{num_text(ci[0], digits)}, {num_text(ci[1], digits)}]"
 
 
 def sym(t: str) -> str:
+    """The symbol of a target (``L_f (hard)`` for ``forgetting_loss``), escaped."""
     return esc(SYMBOLS.get(t, t))

@@ -138,7 +138,7 @@ def noise_floor(
             + " (not 0: it is the base's own cross-entropy on its top token)."
         )
     if spread_fl:
-        med = max(s["median"] for s in spread_fl)
+        med = typical_spread(spreads)["forgetting_loss"]
         worst = max(s["max"] for s in spread_fl)
         text.append(
             f"Over seeds, L_f differs by {fmt(med)} at a typical step (at most {fmt(worst)}): "
@@ -170,6 +170,16 @@ def noise_floor(
 
 
 # -------------------------------------------------------------------- hard vs soft
+
+
+def typical_spread(seed_spread: list[dict[str, Any]]) -> dict[str, float]:
+    """Per metric, the difference between seeds at a typical step: the largest median over
+    the configurations run with several seeds (``noise_floor(...)["seed_spread"]``)."""
+    out: dict[str, float] = {}
+    for s in seed_spread:
+        for k, v in s["summary"].items():
+            out[k] = max(out.get(k, v["median"]), v["median"])
+    return out
 
 
 def hard_vs_soft(

@@ -20,6 +20,7 @@ from forgetscale.study.markup import (
     sym,
     table,
 )
+from forgetscale.study.noise import typical_spread
 from forgetscale.study.runs import run_data
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -229,11 +230,12 @@ def noise_floor(r: StudyReport) -> str:
 def noise_line(r: StudyReport) -> str:
     """The noise floor in one sentence, repeated under every figure."""
     nf = r.noise_floor
-    parts = []
-    for m in ("forgetting_loss", "forgetting_loss_soft", "finetune_loss"):
-        vals = [s["summary"][m]["median"] for s in nf["seed_spread"] if m in s["summary"]]
-        if vals:
-            parts.append(f"{SYMBOLS[m]} {num_text(max(vals), 2)}")
+    spread = typical_spread(nf["seed_spread"])
+    parts = [
+        f"{SYMBOLS[m]} {num_text(spread[m], 2)}"
+        for m in ("forgetting_loss", "forgetting_loss_soft", "finetune_loss")
+        if m in spread
+    ]
     s0 = nf["step0_summary"]
     floor = []
     if "kl" in s0:
