@@ -127,17 +127,11 @@ def make_store(
                     st.set_status(run_id, "finished")
                 ids[run_id] = f"r{r}s{s}"
         if downstream:
-            st.conn.execute(
-                "CREATE TABLE downstream (run_id TEXT, step INTEGER, suite TEXT, metric TEXT, "
-                "value REAL, n INTEGER, ci_low REAL, ci_high REAL)"
-            )
             for run_id in ids:
                 for n, v in ((0, 0.62), (max(steps), 0.55)):
-                    st.conn.execute(
-                        "INSERT INTO downstream VALUES (?,?,?,?,?,?,?,?)",
-                        (run_id, n, "arc-easy", "accuracy", v, 200, v - 0.07, v + 0.07),
-                    )
-            st.conn.commit()
+                    row = {"suite": "arc-easy", "metric": "accuracy", "value": v, "n": 200,
+                           "ci_low": v - 0.07, "ci_high": v + 0.07}  # fmt: skip
+                    st.add_downstream(run_id, n, [row])
     return ids
 
 

@@ -15,14 +15,10 @@ import pytest
 from study_data import P_PER_RANK, TRUE, analysed, law_value, make_store
 
 from forgetscale.errors import UserError
-from forgetscale.study.analysis import (
-    DEFAULT_LAWS,
-    AnalysisConfig,
-    analyse,
-    default_ranks,
-    holdout_evaluation,
-    params_per_rank,
-)
+from forgetscale.study.analysis import AnalysisConfig, analyse
+from forgetscale.study.config import DEFAULT_LAWS
+from forgetscale.study.fits import holdout_evaluation
+from forgetscale.study.predictions import default_ranks, params_per_rank
 
 # ------------------------------------------------------------------------- the config
 

@@ -1,0 +1,79 @@
+"""The study's acceptance criteria, each ``{name, passed, detail}``:
+
+- the linear law L_f(L_ft) reaches R^2 >= :data:`~forgetscale.study.config.LINEAR_R2`;
+- a law for L_f in P and N has no parameter on a bound and misses held-out runs and
+  held-out steps by at most :data:`~forgetscale.study.config.EXTRAPOLATION_RATIO` times
+  its in-sample error;
+- the noise floor is measured: the base's step-0 values and L_f over >= 2 seeds.
+
+``passed`` is ``None`` where the criterion could not be measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from forgetscale.study.config import EXTRAPOLATION_RATIO, LINEAR_R2
+from forgetscale.study.fits import held_out_ratios, uses_p_and_n
+from forgetscale.study.numbers import fmt, num
+
+
+def checks(
+    laws: Mapping[str, list[dict[str, Any]]], noise: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The criteria, measured on the fitted ``laws`` and the ``noise`` floor."""
+    out = []
+    lin = next((e for e in laws.get("forgetting_loss", []) if e["law"] == "linear"), None)
+    if lin is not None:
+        r2 = num(lin.get("r2"))
+        out.append(
+            {
+                "name": f"linear law L_f(L_ft) with R^2 >= {LINEAR_R2}",
+                "passed": None if r2 is None else r2 >= LINEAR_R2,
+                "detail": f"R^2 = {fmt(r2, 4)}"
+                if lin["status"] == "ok"
+                else f"not fitted: {lin['error']}",
+            }
+        )
+    good, details = [], []
+    for e in laws.get("forgetting_loss", []):
+        if e["status"] != "ok" or not uses_p_and_n(e["law"]):
+            continue
+        ratios = held_out_ratios(e)
+        ok = e["identified"] and all(
+            v is not None and v <= EXTRAPOLATION_RATIO for v in ratios.values()
+        )
+        if ok:
+            good.append(e["law"])
+        details.append(
+            f"{e['law']}: "
+            + ("no parameter on a bound" if e["identified"] else f"on a bound ({e['on_bound_words']})"
+               if e.get("on_bound") else "not converged")
+            + f", held-out/in-sample RMSE {fmt(ratios['held_out_runs'], 2)} (runs), "
+            f"{fmt(ratios['held_out_steps'], 2)} (steps)"
+        )  # fmt: skip
+    out.append(
+        {
+            "name": "a law for L_f in P and N with no parameter on a bound and held-out RMSE "
+            f"<= {EXTRAPOLATION_RATIO:g}x in-sample (held-out runs and held-out steps)",
+            "passed": bool(good),
+            "detail": "; ".join(details) or "no law in P and N was fitted to L_f",
+        }
+    )
+    seeds = [s for s in noise["seed_spread"] if "forgetting_loss" in s["summary"]]
+    out.append(
+        {
+            "name": "noise floor: the base's step-0 values and the spread of L_f over >= 2 seeds",
+            "passed": bool(noise["step0"]) and bool(seeds),
+            "detail": (
+                f"step 0 measured for {len(noise['step0'])} run(s); "
+                + (
+                    f"{len(seeds)} configuration(s) run with several seeds"
+                    if seeds
+                    else "no configuration run with two or more seeds"
+                )
+            ),
+        }
+    )
+    return out

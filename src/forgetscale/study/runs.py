@@ -1,0 +1,152 @@
+"""The runs of a study as the report shows them, read from the results store: one entry
+per run (its label, settings and status), its measurements, and its downstream rows.
+
+A run's label is ``r=<rank>`` for a LoRA run (its name, or method and id, otherwise),
+with ``seed <n>`` added where several runs share a rank. Only finished runs are fitted;
+the others are named in a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from forgetscale.errors import UserError
+from forgetscale.store import DOWNSTREAM_EXPORT_COLUMNS, RunRecord, open_store
+from forgetscale.study.numbers import num
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+
+def read_runs(
+    store: str | Path, run_ids: Sequence[str] | None = None
+) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any] | None]:
+    """``(runs, measurements, downstream)`` of the runs ``run_ids`` (default: every run).
+
+    ``measurements`` holds the store's columns plus ``disagreement`` (1 - agreement);
+    ``downstream`` is ``{"rows": [...]}`` (each row labelled with its run), or ``None``
+    when the store has no downstream results for these runs.
+    """
+    import pandas as pd
+
+    with open_store(store, create=False) as st:
+        records = st.list_runs()
+        if run_ids is not None:
+            wanted = list(dict.fromkeys(run_ids))
+            known = {r.id for r in records}
+            unknown = [r for r in wanted if r not in known]
+            if unknown:
+                raise UserError(f"run(s) not in the store {store}: {', '.join(unknown)}")
+            records = [r for r in records if r.id in set(wanted)]
+        meas = st.measurements()
+        try:
+            down = st.downstream()
+        except pd.errors.DatabaseError:  # a store made before the downstream table
+            down = None
+    if not records:
+        raise UserError(f"the results store {store} holds no runs")
+    ids = {r.id for r in records}
+    meas = meas[meas["run_id"].isin(ids)]
+    meas = meas.assign(disagreement=1.0 - meas["agreement"])
+    runs = _run_entries(records, meas)
+    return runs, meas, _downstream(down, runs)
+
+
+def status_warnings(runs: list[dict[str, Any]]) -> list[str]:
+    """A sentence for every run that is not fitted (failed, diverged, not finished), and
+    one when no run has finished."""
+    warnings = []
+    for r in runs:
+        if r["status"] == "failed":
+            warnings.append(
+                f"Run {r['label']} failed"
+                + (f": {r['message']}" if r["message"] else "")
+                + "; it is not fitted."
+            )
+        elif r["status"] == "diverged":
+            warnings.append(
+                f"Run {r['label']} diverged (a NaN or infinite loss"
+                + (f" at step {r['diverged_step']}" if r["diverged_step"] is not None else "")
+                + "); it is not fitted."
+            )
+        elif r["status"] == "running":
+            warnings.append(
+                f"Run {r['label']} has not finished (last step {r['last_step']}); it is not fitted."
+            )
+    if not any(r["status"] == "finished" for r in runs):
+        warnings.append("No run has finished: there is nothing to fit.")
+    return warnings
+
+
+def _downstream(down: pd.DataFrame | None, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if down is None:
+        return None
+    labels = {r["run_id"]: r["label"] for r in runs}
+    down = down[down["run_id"].isin(labels)]
+    if not len(down):
+        return None
+    down = down.sort_values(["run_id", "suite", "metric", "step"], kind="stable")
+    down = down[list(DOWNSTREAM_EXPORT_COLUMNS)].astype(object)
+    rows = down.where(down.notna(), None).to_dict(orient="records")
+    return {"rows": [{**row, "label": labels[row["run_id"]]} for row in rows]}
+
+
+def _run_entries(records: list[RunRecord], meas: pd.DataFrame) -> list[dict[str, Any]]:
+    by_rank: dict[Any, int] = {}
+    for rec in records:
+        by_rank[(rec.method, rec.rank, rec.params_trained)] = (
+            by_rank.get((rec.method, rec.rank, rec.params_trained), 0) + 1
+        )
+    out = []
+    for rec in records:
+        cfg = rec.config or {}
+        m = meas[meas["run_id"] == rec.id]
+        wall = num(m["wall_s"].max()) if len(m) else None
+        if wall is None and rec.ended is not None:
+            wall = float(rec.ended - rec.started)
+        seed = cfg.get("seed")
+        if rec.rank is not None and rec.method == "lora":
+            label = f"r={rec.rank}"
+        elif rec.name:
+            label = str(rec.name)
+        else:
+            label = f"{rec.method} {rec.id[:8]}"
+        if by_rank[(rec.method, rec.rank, rec.params_trained)] > 1 and seed is not None:
+            label += f" seed {seed}"
+        steps = sorted(int(s) for s in m["step"].tolist())
+        out.append(
+            {
+                "run_id": rec.id,
+                "label": label,
+                "name": rec.name,
+                "method": rec.method,
+                "rank": rec.rank,
+                "params_trained": rec.params_trained,
+                "seed": seed,
+                "dtype": cfg.get("dtype"),
+                "learning_rate": cfg.get("learning_rate"),
+                "batch_size": cfg.get("batch_size"),
+                "max_steps": rec.max_steps,
+                "last_step": rec.last_step,
+                "steps": steps,
+                "status": rec.status,
+                "diverged_step": rec.diverged_step,
+                "message": rec.message,
+                "wall_s": wall,
+                "model": rec.model,
+                "task_data": rec.task_data,
+                "forgetting_data": cfg.get("forgetting_data"),
+                "versions": rec.versions,
+                "config": cfg,
+            }
+        )
+    return out
+
+
+def run_data(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The base models (``model``), fine-tuning data (``task_data``) and forgetting corpora
+    (``forgetting_data``) of ``runs``, each sorted."""
+    keys = ("model", "task_data", "forgetting_data")
+    return {k: sorted({str(r[k]) for r in runs if r.get(k)}) for k in keys}
