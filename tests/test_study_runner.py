@@ -42,7 +42,7 @@ def test_a_study_runs_writes_its_report_and_a_rerun_only_reanalyses(workdir, cap
     assert n == 4 * 7
     # a finished study only re-analyses; --analyse-only skips the runs explicitly
     assert main(["study", "study.yaml", "--no-progress"]) == 0
-    assert "nothing to do" in capsys.readouterr().err
+    assert "all 4 runs are already finished" in capsys.readouterr().out
     assert main(["study", "study.yaml", "--analyse-only"]) == 0
     assert len(read_measurements(workdir / "study" / "results.db")) == n
 

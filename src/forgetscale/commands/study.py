@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 NAME = "study"
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         flags=flags,
         analyse_only=args.analyse_only,
         progress=not args.no_progress,
-        command=["forgetscale", *sys.argv[1:]],
+        command=["forgetscale", *args._argv],
     )
     print(f"report: {outcome.html}")
     print(f"data:   {outcome.json}")
