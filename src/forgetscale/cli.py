@@ -23,6 +23,7 @@ from forgetscale.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "reference",
     "measure",
+    "evaluate",
     "train",
     "runs",
     "export",
