@@ -127,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
     # library deprecation notices (transformers/peft/lm-eval) are not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if not getattr(args, "verbose", False):  # lm-eval logs task-config notices as warnings
+        import logging
+
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     for path in (args.out, args.generations_out):
         if path:

@@ -16,6 +16,7 @@ name (``mmlu``) pools its subtasks' documents. Extra task folders come from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Iterator
@@ -77,6 +78,23 @@ def _leaf_tasks(task_dict: Any) -> Iterator[tuple[str, Any]]:
             yield from _leaf_tasks(value)
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No 'Generating test split' bars on stderr while lm-eval loads a task's data."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - lm-eval depends on datasets
+        yield
+        return
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
 def load_tasks(task: str, include: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """(name, lm-eval Task) for ``task`` (a name, group or YAML path), refusing unusable ones."""
     _require_lm_eval()
@@ -93,7 +111,11 @@ def load_tasks(task: str, include: tuple[str, ...] = ()) -> list[tuple[str, Any]
         manager = task_manager(include)
         spec = task
     try:
-        leaves = list(_leaf_tasks(get_task_dict([spec], manager)))
+        with _quiet_datasets():
+            if hasattr(manager, "load"):  # lm-eval >= 0.4.10: a flat dict of leaf tasks
+                leaves = list(manager.load([spec])["tasks"].items())
+            else:
+                leaves = list(_leaf_tasks(get_task_dict([spec], manager)))
     except KeyError:
         raise UserError(
             f"lm-eval has no task {task!r} (see `lm-eval ls tasks`; local YAML folders go in "

@@ -305,17 +305,21 @@ def run_suites(
     Returns long-format rows ``(suite, metric, value, n, ci_low, ci_high)`` for ``model``
     (rates with 95% Wilson intervals). Agreement-style metrics compare with the base's
     records, taken from ``base_cache_dir`` or computed once and cached there: with a PEFT
-    adapter the base is the model with the adapter disabled; a plain model is its own base
-    unless ``base_key`` (from :func:`base_fingerprint` of the base, at step 0) names
-    another, whose records must then be cached already. The model's train/eval mode and
+    adapter the base is the model with the adapter disabled. A plain model is its own base
+    unless ``base_key`` (:func:`base_fingerprint` of the base, taken at step 0) names
+    another: full fine-tuning passes the step-0 key at every step, and the base side must
+    have been cached at step 0. The model's train/eval mode and
     the global random generators are left as they were.
     """
     options = options or SuiteOptions()
     suites = [get_suite(name, options) for name in suite_names]
     device = _model_device(model, device)
     cache_dir = Path(base_cache_dir) if base_cache_dir is not None else None
-    own_key = base_key is None
-    key = base_key if base_key is not None else base_fingerprint(model, tokenizer)
+    if base_key is None:
+        key, own_key = base_fingerprint(model, tokenizer), True
+    else:  # a plain model whose weights are still the base's is its own base (step 0)
+        key = base_key
+        own_key = not _is_peft(model) and base_fingerprint(model, tokenizer) == base_key
     rows: list[SuiteMeasurement] = []
     for suite in suites:
         suite_key = _suite_key(suite, key)
@@ -387,9 +391,18 @@ def evaluate(
     )
     base_records: dict[str, tuple[list[Record], bool]] = {}
     if base is not None:  # a separate base model: its side first, then free it
+        from forgetscale.models import load_tokenizer, resolve_model_source, tokenizer_fingerprint
+
+        tuned_tokenizer = load_tokenizer(
+            resolve_model_source(model), trust_remote_code=trust_remote_code
+        )
         loaded_base = load_model(
             base, dtype=dtype, device=device, trust_remote_code=trust_remote_code
         )
+        if tokenizer_fingerprint(tuned_tokenizer) != tokenizer_fingerprint(loaded_base.tokenizer):
+            raise UserError(
+                f"{model} and its base {base} have different tokenizers; compare models of one family"
+            )
         dev = next(loaded_base.model.parameters()).device
         key = base_fingerprint(loaded_base.model, loaded_base.tokenizer)
         for suite in built:
@@ -402,14 +415,6 @@ def evaluate(
         model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code
     )
     dev = next(loaded.model.parameters()).device
-    if base is not None:
-        from forgetscale.models import tokenizer_fingerprint
-
-        base_tok = key["tokenizer_sha256"]
-        if tokenizer_fingerprint(loaded.tokenizer) != base_tok:
-            raise UserError(
-                f"{model} and its base {base} have different tokenizers; compare models of one family"
-            )
     results = []
     for suite in built:
         if base is not None:
