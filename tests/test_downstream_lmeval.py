@@ -83,6 +83,7 @@ def test_our_scorer_gives_lm_evals_numbers_on_a_local_arc_task(tiny, arc_task):
     theirs = lm_eval.simple_evaluate(
         model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4),
         tasks=[obj for _, obj in suite.tasks],
+        task_manager=suite.manager,
         log_samples=True,
         bootstrap_iters=0,
     )

@@ -95,8 +95,9 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def load_tasks(task: str, include: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
-    """(name, lm-eval Task) for ``task`` (a name, group or YAML path), refusing unusable ones."""
+def load_tasks(task: str, include: tuple[str, ...] = ()) -> tuple[Any, list[tuple[str, Any]]]:
+    """The TaskManager and (name, lm-eval Task) pairs for ``task`` (a name, group or YAML
+    path), refusing unusable ones."""
     _require_lm_eval()
     from lm_eval.tasks import get_task_dict
 
@@ -105,25 +106,30 @@ def load_tasks(task: str, include: tuple[str, ...] = ()) -> list[tuple[str, Any]
         path = Path(task).expanduser()
         if not path.is_file():
             raise UserError(f"lm-eval task file not found: {task}")
-        manager = task_manager((str(path.parent.resolve()), *include), defaults=False)
+        candidates = [((str(path.parent.resolve()), *include), False)]
         spec = str(path.resolve())
-    else:
-        manager = task_manager(include)
+    else:  # the user's folders alone first (fast), then with lm-eval's ~14k task files
+        candidates = ([(include, False)] if include else []) + [(include, True)]
         spec = task
-    try:
-        with _quiet_datasets():
-            if hasattr(manager, "load"):  # lm-eval >= 0.4.10: a flat dict of leaf tasks
-                leaves = list(manager.load([spec])["tasks"].items())
-            else:
-                leaves = list(_leaf_tasks(get_task_dict([spec], manager)))
-    except KeyError:
-        raise UserError(
-            f"lm-eval has no task {task!r} (see `lm-eval ls tasks`; local YAML folders go in "
-            "--lm-eval-include)"
-        ) from None
-    except Exception as exc:  # datasets/network/YAML errors come in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"lm-eval could not load task {task!r}: {first}") from exc
+    for number, (folders, defaults) in enumerate(candidates, 1):
+        manager = task_manager(folders, defaults=defaults)
+        try:
+            with _quiet_datasets():
+                if hasattr(manager, "load"):  # lm-eval >= 0.4.10: a flat dict of leaf tasks
+                    leaves = list(manager.load([spec])["tasks"].items())
+                else:
+                    leaves = list(_leaf_tasks(get_task_dict([spec], manager)))
+            break
+        except KeyError:
+            if number < len(candidates):
+                continue
+            raise UserError(
+                f"lm-eval has no task {task!r} (see `lm-eval ls tasks`; local YAML folders go in "
+                "--lm-eval-include)"
+            ) from None
+        except Exception as exc:  # datasets/network/YAML errors come in many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"lm-eval could not load task {task!r}: {first}") from exc
     if not leaves:
         raise UserError(f"lm-eval task {task!r} holds no tasks")
     for name, obj in leaves:
@@ -132,7 +138,7 @@ def load_tasks(task: str, include: tuple[str, ...] = ()) -> list[tuple[str, Any]
                 f"lm-eval task {name!r} is a {obj.OUTPUT_TYPE} task; forgetscale scores "
                 "multiple_choice tasks only"
             )
-    return leaves
+    return manager, leaves
 
 
 def make_lm(
@@ -191,7 +197,7 @@ class LmEvalSuite(Suite):
         self.task = task
         self.include = options.lm_eval_include
         self.limit = options.limit
-        self.tasks = load_tasks(task, self.include)
+        self.manager, self.tasks = load_tasks(task, self.include)
 
     def describe(self) -> str:
         names = ", ".join(name for name, _ in self.tasks[:5]) + (
@@ -230,6 +236,7 @@ class LmEvalSuite(Suite):
             out = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=[obj for _, obj in self.tasks],
+                task_manager=self.manager,  # else lm-eval indexes its ~14k YAML files again
                 limit=self.limit,
                 log_samples=True,
                 bootstrap_iters=0,
