@@ -83,6 +83,20 @@ def _truncate(
     return ctx, cont
 
 
+def _last_logits_only(model: nn.Module) -> dict[str, int]:
+    """``logits_to_keep=1`` where the model takes it: the context pass needs only its last
+    position's logits, and the output head over the whole vocabulary is not free."""
+    import inspect
+
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    params = inspect.signature(base.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 @torch.inference_mode()
 def loglikelihoods(
     model: nn.Module,
@@ -148,6 +162,7 @@ def _score_chunk(
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
         use_cache=True,
+        **_last_logits_only(model),
     )
     first = out.logits[:, -1, :].float().log_softmax(-1)  # predicts each continuation's token 0
     cache_kw = cache_keyword()
