@@ -57,6 +57,8 @@ def test_batched_prefix_sharing_scorer_matches_one_at_a_time(tiny, batch_size):
         for item in questions(9)
         for choice in item.choices
     ]
+    # one-token choices skip the second pass; longer ones take it: both kinds are here
+    assert {len(cont) == 1 for _, cont in pairs} == {True, False}
     got = loglikelihoods(model, pairs, batch_size=batch_size)
     assert len(got) == len(pairs)
     for (ctx, cont), (ll, greedy) in zip(pairs, got, strict=True):

@@ -176,23 +176,26 @@ def _score_chunk(
     totals = first_lp.double()
     greedy = first_greedy.clone()
 
-    tail_width = max(len(cont) for _, _, cont in rows) - 1
-    if tail_width > 0:
-        n_rows = len(rows)
-        feed = torch.zeros(n_rows, tail_width, dtype=torch.long)  # cont[:-1]: inputs
-        want = torch.zeros(n_rows, tail_width, dtype=torch.long)  # cont[1:]: targets
-        valid = torch.zeros(n_rows, tail_width, dtype=torch.bool)
-        for r, (_, _, cont) in enumerate(rows):
+    # only choices of two or more tokens need the second pass (one row each)
+    long_rows = [r for r, (_, _, cont) in enumerate(rows) if len(cont) > 1]
+    if long_rows:
+        tail_width = max(len(rows[r][2]) for r in long_rows) - 1
+        n_long = len(long_rows)
+        feed = torch.zeros(n_long, tail_width, dtype=torch.long)  # cont[:-1]: inputs
+        want = torch.zeros(n_long, tail_width, dtype=torch.long)  # cont[1:]: targets
+        valid = torch.zeros(n_long, tail_width, dtype=torch.bool)
+        for i, r in enumerate(long_rows):
+            cont = rows[r][2]
             k = len(cont) - 1
-            if k:
-                feed[r, :k] = torch.tensor(cont[:-1])
-                want[r, :k] = torch.tensor(cont[1:])
-                valid[r, :k] = True
-        cache.reorder_cache(owner.to(device))  # one cache row per choice
+            feed[i, :k] = torch.tensor(cont[:-1])
+            want[i, :k] = torch.tensor(cont[1:])
+            valid[i, :k] = True
+        long_owner = owner[long_rows]
+        cache.reorder_cache(long_owner.to(device))  # one cache row per long choice
         # right padding of the tails needs no mask: causal attention never looks ahead,
         # and the padded positions' outputs are ignored
-        mask2 = torch.cat([mask[owner], torch.ones(n_rows, tail_width, dtype=torch.long)], dim=1)
-        pos2 = ctx_lens[owner].unsqueeze(1) + torch.arange(tail_width).unsqueeze(0)
+        mask2 = torch.cat([mask[long_owner], torch.ones(n_long, tail_width, dtype=torch.long)], 1)
+        pos2 = ctx_lens[long_owner].unsqueeze(1) + torch.arange(tail_width).unsqueeze(0)
         out2 = model(
             input_ids=feed.to(device),
             attention_mask=mask2.to(device),
@@ -203,6 +206,7 @@ def _score_chunk(
         logp = out2.logits.float().log_softmax(-1)
         picked = logp.gather(-1, want.to(device).unsqueeze(-1)).squeeze(-1).cpu().double()
         hits = (logp.argmax(-1).cpu() == want) | ~valid
-        totals = totals + (picked * valid).sum(1)
-        greedy = greedy & hits.all(1)
+        index = torch.tensor(long_rows)
+        totals[index] += (picked * valid).sum(1)
+        greedy[index] &= hits.all(1)
     return [(index, (float(totals[r]), bool(greedy[r]))) for r, (_, index, _) in enumerate(rows)]
