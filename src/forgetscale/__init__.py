@@ -27,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "ForgettingResult": "forgetscale.metrics",
     "evaluate_forgetting": "forgetscale.metrics",
     "measure": "forgetscale.metrics",
+    "evaluate": "forgetscale.downstream",
+    "run_suites": "forgetscale.downstream",
+    "DownstreamConfig": "forgetscale.downstream",
     "TrainConfig": "forgetscale.config",
     "ForgettingCallback": "forgetscale.callback",
     "read_measurements": "forgetscale.store",
@@ -42,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from forgetscale.callback import ForgettingCallback
     from forgetscale.config import TrainConfig
     from forgetscale.corpus import load_documents, pack_documents
+    from forgetscale.downstream import DownstreamConfig, evaluate, run_suites
     from forgetscale.errors import UserError
     from forgetscale.metrics import ForgettingResult, evaluate_forgetting, measure
     from forgetscale.models import count_parameters, load_model

@@ -24,6 +24,7 @@ from forgetscale.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "reference",
     "measure",
+    "evaluate",
     "train",
     "sweep",
     "runs",
