@@ -116,7 +116,10 @@ def test_generation_suites_write_side_by_side(tiny_model_dir, tiny_lora_dir, tmp
 
 def one_line_error(capsys, argv, match):
     capsys.readouterr()
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own checks (types, choices) exit 2 themselves
+        code = exc.code
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -155,10 +158,13 @@ def test_bad_question_files(tiny_model_dir, tmp_path, capsys, lines, match):
         (["--suite", "mc"], "needs an argument"),
         (["--suite", "mc:/no/such.jsonl"], "question file not found"),
         (["--suite", "refusal:/no/such.jsonl"], "prompt file not found"),
-        (["--suite", "probe", "--limit", "0"], "limit must be at least 1"),
-        (["--suite", "probe", "--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
-        (["--suite", "probe", "--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--suite", "probe", "--show", "-1"], "--show must be >= 0"),
+        (["--suite", "probe", "--limit", "0"], "--limit: must be a positive integer"),
+        (
+            ["--suite", "probe", "--max-new-tokens", "0"],
+            "--max-new-tokens: must be a positive integer",
+        ),
+        (["--suite", "probe", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+        (["--suite", "probe", "--show", "-1"], "--show: must be an integer >= 0"),
         (["--suite", "refusal", "--judge", "vibes"], "unknown judge"),
         ([], "give at least one --suite"),
         (["--suite", "probe", "--out", "/no/such/dir/report.json"], "does not exist"),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 
-from forgetscale.commands._common import add_model_arguments
+from forgetscale.commands._common import add_model_arguments, nonneg_int, positive_int
 
 NAME = "evaluate"
 HELP = "downstream suites (multiple choice, refusals, generations), base vs fine-tuned"
@@ -63,11 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     suites.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=positive_int,
         default=64,
         help="tokens generated per prompt (default: %(default)s)",
     )
-    suites.add_argument("--limit", type=int, help="only the first N items of each suite")
+    suites.add_argument("--limit", type=positive_int, help="only the first N items of each suite")
     suites.add_argument(
         "--lm-eval-include",
         action="append",
@@ -92,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--show",
-        type=int,
+        type=nonneg_int,
         default=3,
         metavar="N",
         help="show N changed items per suite (default: 3)",
@@ -115,14 +114,10 @@ def run(args: argparse.Namespace) -> int:
         return _list_suites()
     if not args.suite:
         raise UserError("give at least one --suite (see --list-suites)")
-    if args.show < 0:
-        raise UserError(f"--show must be >= 0, got {args.show}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     import warnings
 
     from forgetscale.downstream import SuiteOptions, evaluate
-    from forgetscale.reference import check_writable
+    from forgetscale.outputs import atomic_write, check_output, dumps
 
     # library deprecation notices (transformers/peft/lm-eval) are not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -132,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    for path in (args.out, args.generations_out):
-        if path:
-            check_writable(path)
+    model_inputs = (args.model, args.adapter, args.base)
+    if args.out:
+        check_output(args.out, inputs=model_inputs, what="--out")
+    if args.generations_out:
+        check_output(args.generations_out, inputs=model_inputs, what="--generations-out")
     options = SuiteOptions(
         judge=args.judge,
         max_new_tokens=args.max_new_tokens,
@@ -162,15 +159,16 @@ def run(args: argparse.Namespace) -> int:
         "suites": [r.as_dict() for r in results],
     }
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+        atomic_write(args.out, dumps(report, indent=2) + "\n", what="--out")
     if args.generations_out:
-        with open(args.generations_out, "w", encoding="utf-8") as fh:
-            for r in results:
-                for row in r.side_by_side():
-                    fh.write(json.dumps({"suite": r.name, **row}, ensure_ascii=False) + "\n")
+        lines = [
+            dumps({"suite": r.name, **row}, ensure_ascii=False) + "\n"
+            for r in results
+            for row in r.side_by_side()
+        ]
+        atomic_write(args.generations_out, "".join(lines), what="--generations-out")
     if args.json:
-        print(json.dumps(report))
+        print(dumps(report))
         return 0
     _print_tables(args, results)
     return 0
