@@ -52,7 +52,8 @@ def _slurm_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return f"Slurm's controller does not answer (start it: `{START}`)"
     if out.returncode != 0:
-        return f"Slurm is not running ({out.stderr.strip()[:120]}; start it: `{START}`)"
+        last = out.stderr.strip().splitlines()[-1:] or ["no answer"]
+        return f"Slurm is not running ({last[0][:120]}; start it: `{START}`)"
     if not any(s.startswith(("idle", "mix", "alloc")) for s in out.stdout.split()):
         return f"no Slurm node is up (sinfo: {out.stdout.strip()!r})"
     return None

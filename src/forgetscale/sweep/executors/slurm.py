@@ -202,6 +202,11 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no answer"
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
@@ -242,7 +247,13 @@ class SlurmExecutor(Executor):
                 f"{opts.command_timeout_s:g}s)"
             ) from None
         if out.returncode != 0:
-            raise UserError(f"Slurm's controller does not answer: {_first_line(out.stderr)}")
+            conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+            if not Path(conf).exists():
+                raise UserError(
+                    f"no Slurm on this machine: sbatch is installed but there is no {conf} "
+                    "(set SLURM_CONF, or run the sweep on the cluster's login node)"
+                )
+            raise UserError(f"Slurm's controller does not answer: {_last_line(out.stderr)}")
         partitions = [p.strip() for p in out.stdout.split()]
         names = [p.rstrip("*") for p in partitions]
         self.partition = opts.partition or next(
