@@ -334,3 +334,16 @@ def test_missing_submitit_names_the_install_command(tmp_path):
     assert (
         out.stderr == 'error: the slurm executor needs submitit: pip install "forgetscale[slurm]"\n'
     )
+
+
+def test_sacct_lines_are_read_per_array_task():
+    from forgetscale.sweep.executors.slurm import _sacct_table
+
+    text = "16|CANCELLED by 0\n17_[2-3%2]|PENDING\n17_0|RUNNING\n18_1|COMPLETED\n18_1.batch|COMPLETED\n"
+    assert _sacct_table(text) == {
+        "16": "CANCELLED",
+        "17_2": "PENDING",
+        "17_3": "PENDING",
+        "17_0": "RUNNING",
+        "18_1": "COMPLETED",
+    }

@@ -404,14 +404,15 @@ class SlurmExecutor(Executor):
         states: dict[str, str] = {}
         timeout = self.options.command_timeout_s
         if self.accounting:
-            out = _run(
-                ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(ids)], timeout
-            )
+            cmd = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(ids)]
+            out = _run(cmd, timeout)
             if out.returncode == 0:
-                for line in out.stdout.splitlines():
-                    jid, _, state = line.partition("|")
-                    if jid in self._jobs:
-                        states[jid] = state.split()[0] if state.strip() else "UNKNOWN"
+                table = _sacct_table(out.stdout)
+                for jid in self._jobs:
+                    # an array cancelled before its tasks started has one record for them all
+                    state = table.get(jid) or table.get(jid.split("_")[0])
+                    if state:
+                        states[jid] = state
         out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(ids)], timeout)
         queued: dict[str, str] = {}
         if out.returncode == 0:
@@ -427,7 +428,10 @@ class SlurmExecutor(Executor):
             for jid in self._jobs:
                 if jid in queued:
                     states[jid] = queued[jid]  # the queue is the fresher view
-                elif not self.accounting and time.time() - _submitted(self._jobs[jid][0]) > 30:
+                elif time.time() - _submitted(self._jobs[jid][0]) > (
+                    120 if self.accounting else 30
+                ):
+                    # out of the queue, no result, and (long enough) no final state in sacct
                     states.setdefault(jid, "LEFT_QUEUE")
         self._last_states = dict(states)
         return states
@@ -456,6 +460,32 @@ class SlurmExecutor(Executor):
 
     def close(self) -> None:
         self._buffer = []
+
+
+def _sacct_table(text: str) -> dict[str, str]:
+    """``sacct -P -o JobID,State`` lines -> job id (``123``, ``123_4``) -> first word of the
+    state; array ranges (``123_[0-3%2]``) give one entry per task."""
+    from submitit.slurm.slurm import read_job_id
+
+    table: dict[str, str] = {}
+    for line in text.splitlines():
+        jid, _, state = line.partition("|")
+        if not jid.strip() or "." in jid or not state.strip():
+            continue
+        state = state.split()[0]
+        try:
+            parts = read_job_id(jid.strip())
+        except (ValueError, IndexError):
+            continue
+        for part in parts:
+            if len(part) == 1:
+                table[part[0]] = state
+            elif len(part) == 2:
+                table[f"{part[0]}_{part[1]}"] = state
+            else:
+                for index in range(int(part[1]), int(part[2]) + 1):
+                    table[f"{part[0]}_{index}"] = state
+    return table
 
 
 def _has_result(job: Any) -> bool:
