@@ -164,6 +164,21 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, swe
     assert diff <= 1e-5
 
 
+def test_a_job_out_of_requeues_ends_the_run_as_failed(tmp_path, sweep_inputs, slurm):
+    """max_timeouts=0: the time-limit warning is not followed by a requeue; the run stops and
+    its folder says why (the driver reports it; a rerun resumes from the checkpoint)."""
+    run = make_run(tmp_path / "slurm", sweep_inputs, "out-of-time", seed=9, **LONG)
+    executor = SlurmExecutor(_options(max_timeouts=0), tmp_path)
+    executor.submit(run)
+    executor.wait(timeout=0)
+    wait_for(lambda: checkpoint_steps(run), 240, "a checkpoint", 0.01)
+    subprocess.run(["scancel", "--signal=USR2", _job_id(run)], check=True)
+    (finished,) = wait_all(executor, 1, timeout=120)
+    final = status(run)
+    assert final["status"] == "failed" and "timed-out too many times" in final["message"]
+    assert "Job not requeued because: timed-out too many times" in finished.log_path.read_text()
+
+
 def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, sweep_inputs, slurm):
     run = make_run(tmp_path / "slurm", sweep_inputs, "cancelled", seed=6, **LONG)
     local = copy_run(run, tmp_path / "local")

@@ -10,8 +10,8 @@ warns a job that its time is nearly up (``--signal=USR2@signal_delay_s``) or tha
 preempted, submitit requeues it (up to ``max_timeouts`` times after time-outs) and the requeued
 job starts the same run folder again, which resumes from the training checkpoint already there.
 A job that ends without a result (cancelled with ``scancel``, killed, out of memory, node
-failure, out of requeues) is reported as failed with the path of its log; running the sweep
-again resumes it from its checkpoint.
+failure) is reported as failed with the path of its log; a run out of requeues stops and its
+``status.json`` says so. Running the sweep again resumes either from its checkpoint.
 
 Logs, sbatch scripts and submitit's files go to ``log_dir`` (default ``SWEEP_DIR/slurm``), one
 folder per job; each run folder's ``slurm.json`` names its job and log files. The sweep folder
