@@ -164,8 +164,9 @@ class RayExecutor(Executor):
         if ray.is_initialized():  # a caller's own connection (e.g. a notebook): use it as is
             return
         address = opts.address
-        if not opts.local and address != "auto":
-            self._probe(address.removeprefix("ray://"), opts.connect_timeout_s)
+        target = os.environ.get("RAY_ADDRESS") or None if address == "auto" else address
+        if not opts.local and target and target != "auto" and ":" in target:
+            self._probe(target.removeprefix("ray://"), opts.connect_timeout_s)
         kwargs: dict[str, Any] = dict(
             runtime_env=self._runtime_env() or None,
             log_to_driver=False,
@@ -183,12 +184,19 @@ class RayExecutor(Executor):
             )
         else:
             kwargs["address"] = address
+        # Ray lets RAY_ADDRESS override the address it is given: the option given wins here
+        saved = os.environ.pop("RAY_ADDRESS", None)
+        if address == "auto" and saved:
+            os.environ["RAY_ADDRESS"] = saved
         try:
             ray.init(**kwargs)
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = "start a local Ray" if opts.local else f"connect to Ray at {address}"
             raise UserError(f"cannot {where}: {first}") from None
+        finally:
+            if saved is not None:
+                os.environ["RAY_ADDRESS"] = saved
         self._started_local = opts.local
         self._owns_connection = True
 
@@ -197,6 +205,8 @@ class RayExecutor(Executor):
         """Fail fast, with one line, when nothing listens at the head node's address (Ray
         itself would retry for a minute or more)."""
         host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            return  # not HOST:PORT (e.g. a RAY_ADDRESS URL): Ray itself says what is wrong
         try:
             with socket.create_connection((host, int(port)), timeout=timeout):
                 pass

@@ -233,7 +233,7 @@ class SlurmExecutor(Executor):
     # -- checks ----------------------------------------------------------------------------
     def _check_slurm(self) -> None:
         opts = self.options
-        for tool in ("sbatch", "sinfo", "squeue", "scancel"):
+        for tool in ("sbatch", "srun", "sinfo", "squeue", "scancel"):
             if shutil.which(tool) is None:
                 raise UserError(
                     f"no Slurm on this machine: `{tool}` is not on PATH (run the sweep where "
