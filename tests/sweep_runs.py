@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,17 +93,6 @@ def copy_run(task: RunTask, root: Path, label: str | None = None) -> RunTask:
     )
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     return RunTask(task.run_id, run_dir, label, task.resources)
-
-
-def run_local(task: RunTask) -> float:
-    """run_folder in a fresh process (as a local worker runs it); returns its wall time."""
-    t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "forgetscale.sweep.worker", str(task.run_dir)],
-        env=worker_env(),
-        check=True,
-    )
-    return time.perf_counter() - t0
 
 
 def worker_env() -> dict[str, str]:

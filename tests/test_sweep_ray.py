@@ -19,7 +19,6 @@ from sweep_runs import (
     make_inputs,
     make_run,
     max_difference,
-    run_local,
     status,
     wait_all,
     wait_for,
@@ -31,6 +30,7 @@ ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "forg
 from forgetscale.errors import UserError  # noqa: E402
 from forgetscale.sweep.executors import get_executor  # noqa: E402
 from forgetscale.sweep.executors._remote import WORKER_FILE  # noqa: E402
+from forgetscale.sweep.worker import run_folder  # noqa: E402
 
 RayExecutor = get_executor("ray")
 LONG = dict(max_steps=400, eval_steps=[0, 1, 50, 100, 150, 200, 250, 300, 350, 400])
@@ -162,7 +162,7 @@ def test_local_ray_runs_four_runs_like_local_workers(tmp_path, sweep_inputs):
     runs = [make_run(tmp_path / "ray", sweep_inputs, f"rank={r}-seed={s}", rank=r, seed=s)
             for r in (2, 4) for s in (0, 1)]  # fmt: skip
     local = copy_run(runs[0], tmp_path / "local")
-    run_local(local)  # also builds the shared reference, as the sweep driver does first
+    run_folder(local.run_dir, threads=1)  # builds the shared reference, as the driver does
 
     executor = RayExecutor(RayExecutor.Options(num_cpus=2), tmp_path)
     try:
@@ -191,7 +191,7 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, swee
     measurements."""
     run = make_run(tmp_path / "ray", sweep_inputs, "killed", seed=3, **LONG)
     local = copy_run(run, tmp_path / "local")
-    run_local(local)
+    run_folder(local.run_dir, threads=1)
 
     executor = RayExecutor(RayExecutor.Options(address=ray_head, max_retries=2), tmp_path)
     try:
