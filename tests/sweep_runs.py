@@ -79,6 +79,18 @@ def make_run(root: Path, inputs: Inputs, label: str, **overrides) -> RunTask:
     return RunTask(config.run_id, run_dir, label, Resources(cpus=1))
 
 
+def write_sweep_file(root: Path, inputs: Inputs) -> Path:
+    """The issue's minimal sweep file (2 ranks x 2 seeds over the minimal config) in ``root``."""
+    base = {**MINIMAL, "model": str(inputs.model), "task_data": str(inputs.task),
+            "forgetting_data": str(inputs.general), "progress": False}  # fmt: skip
+    (root / "run.yaml").write_text(yaml.safe_dump(base))
+    path = root / "sweep.yaml"
+    path.write_text(
+        "base: ./run.yaml\nstore: ./sweep/results.db\ngrid:\n  rank: [2, 4]\n  seed: [0, 1]\n"
+    )
+    return path
+
+
 def copy_run(task: RunTask, root: Path, label: str | None = None) -> RunTask:
     """The same run (same config, same id) in a fresh folder under ``root``."""
     spec = json.loads((task.run_dir / "spec.json").read_text())

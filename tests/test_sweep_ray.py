@@ -23,6 +23,7 @@ from sweep_runs import (
     wait_all,
     wait_for,
     worker_env,
+    write_sweep_file,
 )
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "forgetscale[ray]")')
@@ -111,6 +112,22 @@ def test_auto_without_a_cluster_is_one_line(tmp_path, monkeypatch):
         RayExecutor(RayExecutor.Options(address="auto", connect_timeout_s=3), tmp_path)
     assert "\n" not in str(err.value) and "auto" in str(err.value)
     assert not ray.is_initialized()
+
+
+def test_unreachable_address_through_the_sweep_command(tmp_path, sweep_inputs):
+    """`forgetscale sweep --executor ray --ray-address HOST:PORT` (once the command exists)."""
+    from forgetscale import cli
+
+    if "sweep" not in cli.COMMAND_MODULES:
+        pytest.skip("`forgetscale sweep` is not on this branch")
+    write_sweep_file(tmp_path, sweep_inputs)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "forgetscale", "sweep", "sweep.yaml", "--executor", "ray",
+           "--ray-address", f"127.0.0.1:{port}"]  # fmt: skip
+    out = subprocess.run(cmd, env=worker_env(), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr
 
 
 @pytest.mark.parametrize(
