@@ -154,7 +154,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
 SlurmdTimeout=60
-KillWait=5
+# scancel: SIGTERM (which submitit ignores), SIGKILL 1 s later (tests cancel jobs mid-run)
+KillWait=1
 MinJobAge=600
 MailProg=/bin/true
 NodeName=$host NodeAddr=127.0.0.1 $topo RealMemory=$realmem State=UNKNOWN

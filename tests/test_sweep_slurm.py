@@ -181,7 +181,10 @@ def test_a_job_out_of_requeues_ends_the_run_as_failed(tmp_path, sweep_inputs, sl
 
 
 def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, sweep_inputs, slurm):
-    run = make_run(tmp_path / "slurm", sweep_inputs, "cancelled", seed=6, **LONG)
+    # long enough to outlast the ~5 s a cancelled job's processes take to die here (submitit
+    # ignores SIGTERM): cancelled right after its step-1 checkpoint
+    run = make_run(tmp_path / "slurm", sweep_inputs, "cancelled", seed=6, max_steps=2000,
+                   eval_steps=[0, 1, 1000, 2000])  # fmt: skip
     local = copy_run(run, tmp_path / "local")
     run_folder(local.run_dir, threads=1)
 
@@ -192,6 +195,7 @@ def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, swe
     wait_for(lambda: checkpoint_steps(run), 240, "a checkpoint", 0.01)
     subprocess.run(["scancel", job], check=True)
     (finished,) = wait_all(executor, 1, timeout=120)
+    assert not (run.run_dir / "status.json").exists(), "the run finished before it was killed"
     assert not finished.ok
     assert finished.message == f"Slurm job {job} CANCELLED"
     assert finished.log_path.is_file() and job in finished.log_path.name
@@ -209,7 +213,8 @@ def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, swe
 
 
 def test_cancel_all_cancels_the_queued_jobs(tmp_path, sweep_inputs, slurm):
-    runs = [make_run(tmp_path / "slurm", sweep_inputs, f"seed={s}", seed=s, **LONG) for s in (7, 8)]
+    runs = [make_run(tmp_path / "slurm", sweep_inputs, f"seed={s}", seed=s, max_steps=2000,
+                     eval_steps=[0, 2000]) for s in (7, 8)]  # fmt: skip
     executor = SlurmExecutor(_options(), tmp_path)
     for run in runs:
         executor.submit(run)
