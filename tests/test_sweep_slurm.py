@@ -22,6 +22,7 @@ from sweep_runs import (
     make_inputs,
     make_run,
     max_difference,
+    measurements,
     status,
     wait_all,
     wait_for,
@@ -185,8 +186,6 @@ def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, swe
     # ignores SIGTERM): cancelled right after its step-1 checkpoint
     run = make_run(tmp_path / "slurm", sweep_inputs, "cancelled", seed=6, max_steps=2000,
                    eval_steps=[0, 1, 1000, 2000])  # fmt: skip
-    local = copy_run(run, tmp_path / "local")
-    run_folder(local.run_dir, threads=1)
 
     executor = SlurmExecutor(_options(), tmp_path)
     executor.submit(run)
@@ -199,7 +198,6 @@ def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, swe
     assert not finished.ok
     assert finished.message == f"Slurm job {job} CANCELLED"
     assert finished.log_path.is_file() and job in finished.log_path.name
-    assert not (run.run_dir / "status.json").exists()
 
     rerun = SlurmExecutor(_options(), tmp_path)  # the sweep run again
     rerun.submit(run)
@@ -207,9 +205,9 @@ def test_cancelled_job_is_reported_failed_and_a_rerun_completes_it(tmp_path, swe
     assert finished.ok, (finished.message, finished.log_path)
     assert _job_id(run) != job
     assert "resuming from the checkpoint at step" in (run.run_dir / "log.txt").read_text()
-    diff = max_difference(local, run)
-    print(f"cancelled, rerun on Slurm vs uninterrupted local: max abs difference {diff}")
-    assert diff <= 1e-5
+    assert status(run)["status"] == "finished"
+    # each measurement once (the preemption test compares a resumed run with an uninterrupted one)
+    assert measurements(run).step.tolist() == [0, 1, 1000, 2000]
 
 
 def test_cancel_all_cancels_the_queued_jobs(tmp_path, sweep_inputs, slurm):
