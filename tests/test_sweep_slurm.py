@@ -238,6 +238,15 @@ def test_sbatch_refusal_is_one_line(tmp_path, sweep_inputs, slurm):
     assert "\n" not in str(err.value)
 
 
+def test_a_warning_longer_than_the_time_limit_is_refused(tmp_path, sweep_inputs, slurm):
+    run = make_run(tmp_path / "slurm", sweep_inputs, "short")
+    executor = SlurmExecutor(SlurmExecutor.Options(time_limit_min=2), tmp_path)
+    executor.submit(run)
+    with pytest.raises(UserError, match=r"signal_delay_s \(120\) must be shorter"):
+        executor.wait(timeout=0)
+    assert not (run.run_dir / "slurm.json").exists()
+
+
 def test_a_job_that_can_never_start_is_reported_not_awaited(tmp_path, sweep_inputs, slurm):
     run = make_run(tmp_path / "slurm", sweep_inputs, "too-big")
     executor = SlurmExecutor(_options(cpus_per_run=4096), tmp_path)  # accepted, never runnable

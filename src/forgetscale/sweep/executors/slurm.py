@@ -306,9 +306,15 @@ class SlurmExecutor(Executor):
         cpus = opts.cpus_per_run or resources.cpus
         gpus = opts.gpus_per_run if opts.gpus_per_run is not None else resources.gpus
         mem = opts.mem_gb or resources.memory_gb
+        minutes = opts.time_limit_min or resources.time_limit_min or 240
+        if opts.signal_delay_s >= minutes * 60:
+            raise UserError(
+                f"slurm signal_delay_s ({opts.signal_delay_s}) must be shorter than the time "
+                f"limit ({minutes} min): the job would be warned, and requeued, at once"
+            )
         params: dict[str, Any] = dict(
             job_name=opts.job_name,
-            time=opts.time_limit_min or resources.time_limit_min or 240,
+            time=minutes,
             cpus_per_task=cpus,
             ntasks_per_node=1,
             signal_delay_s=opts.signal_delay_s,
