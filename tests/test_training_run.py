@@ -236,7 +236,7 @@ def test_missing_config_and_paths(workdir, capsys):
 
 def test_a_run_cannot_be_trained_twice_at_once(workdir):
     from forgetscale.training.lock import RunLock
-    from forgetscale.training.run import lock_path
+    from forgetscale.training.outputs import lock_path
 
     cfg = tiny_config(workdir, max_steps=1, eval_steps=[0, 1])
     lock = RunLock(lock_path(cfg), cfg.run_id)
@@ -318,7 +318,7 @@ def test_output_dir_is_checked_before_training_and_never_overwritten(workdir, ti
 
 def test_the_lock_holds_across_checkpoint_folders(workdir):
     from forgetscale.training.lock import RunLock
-    from forgetscale.training.run import lock_path
+    from forgetscale.training.outputs import lock_path
 
     one = tiny_config(workdir, max_steps=1, eval_steps=[0, 1], checkpoint_dir="ck-one")
     two = tiny_config(workdir, max_steps=1, eval_steps=[0, 1], checkpoint_dir="ck-two")
@@ -380,3 +380,50 @@ def test_a_store_locked_by_another_process_is_one_clear_line(workdir, monkeypatc
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------------------------------
+# downstream suites inside a run
+
+
+def test_downstream_suites_run_at_their_steps_and_resume_without_repeats(workdir):
+    from forgetscale.store import open_store
+
+    ds = {"suites": ["probe"], "steps": [0, "last"], "limit": 16, "batch_size": 8}
+    cfg = tiny_config(workdir, max_steps=2, eval_steps=[0, 1, 2], downstream=ds)
+    assert cfg.run_id != tiny_config(workdir, max_steps=2, eval_steps=[0, 1, 2]).run_id
+    result = train(cfg)
+    assert result.status == "finished" and result.downstream_s > 0
+    with open_store(workdir / "results.db") as store:
+        df = store.downstream(cfg.run_id)
+    assert sorted(set(df.step)) == [0, 2]
+    base = df[(df.step == 0) & (df.metric == "agreement")]
+    assert base.value.tolist() == [1.0] and base.n.tolist() == [16]  # the base agrees with itself
+    assert set(df.metric) >= {"acc", "acc_norm", "agreement"}
+    assert train(cfg).status == "finished"  # finished: nothing measured twice
+    with open_store(workdir / "results.db") as store:
+        assert len(store.downstream(cfg.run_id)) == len(df)
+
+
+def test_a_bad_downstream_block_is_refused_before_any_work(workdir):
+    with pytest.raises(UserError, match="downstream.suites: unknown suite 'nope'"):
+        tiny_config(workdir, downstream={"suites": ["nope"]})
+    with pytest.raises(UserError, match="downstream.steps"):
+        tiny_config(workdir, downstream={"suites": ["probe"], "steps": [-1]})
+
+
+def test_runs_and_export_show_downstream_results(workdir, capsys):
+    ds = {"suites": ["probe"], "steps": ["last"], "limit": 8}
+    cfg = tiny_config(workdir, max_steps=1, eval_steps=[0, 1], downstream=ds)
+    assert train(cfg).status == "finished"
+    capsys.readouterr()
+    assert main(["runs", "--from", "results.db"]) == 0
+    out = capsys.readouterr().out
+    assert "probe" in out.splitlines()[0] and "downstream columns: probe = acc" in out
+    assert main(["runs", "--from", "results.db", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert set(row["downstream"]) == {"probe:acc"}
+    assert main(["export", "--from", "results.db", "--table", "downstream", "--out", "d.csv"]) == 0
+    table = pd.read_csv(workdir / "d.csv")
+    assert list(table.columns[:4]) == ["run_id", "step", "suite", "metric"]
+    assert set(table.step) == {1} and (table.n == 8).all()

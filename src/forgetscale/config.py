@@ -228,6 +228,14 @@ class TrainConfig:
     eval_every: int | None = _f(None, "Also measure every k steps.", ge=1)
     eval_batch_size: int = _f(8, "Blocks per forward pass in evaluation.", ge=1)
 
+    # --- what forgetting costs downstream -------------------------------------------------
+    downstream: dict[str, Any] | None = _f(
+        None,
+        "Downstream suites measured inside the run: {suites: [probe, refusal], steps: [0, last]} "
+        "(`forgetscale evaluate --list-suites` names them). Results go to the store's downstream "
+        "table, beside the base's.",
+    )
+
     # --- where things go (not part of the run id) --------------------------------------
     store: str = _f("results.db", "SQLite results store.")
     reference_dir: str | None = _f(
@@ -276,6 +284,16 @@ class TrainConfig:
                 raise UserError(f"eval_steps {bad} outside 0..max_steps ({self.max_steps})")
         if isinstance(self.target_modules, str) and not self.target_modules.strip():
             raise UserError("target_modules is empty")
+        self.downstream_config()  # checks the block's keys, suites and steps
+
+    def downstream_config(self) -> Any:
+        """The ``downstream:`` block as a checked
+        :class:`~forgetscale.downstream.config.DownstreamConfig` (None when unset)."""
+        if self.downstream is None:
+            return None
+        from forgetscale.downstream.config import DownstreamConfig
+
+        return DownstreamConfig.from_dict(self.downstream)
 
     # ------------------------------------------------------------------------------------
     def evaluation_steps(self) -> list[int]:
@@ -291,8 +309,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict[str, Any]:
-        """The fields that define the results (everything but where things go)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        """The fields that define the results (everything but where things go). An unset
+        ``downstream`` is left out, so run ids from before the key existed stay the same."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NON_RESULT_FIELDS and not (k == "downstream" and v is None)
+        }
 
     @property
     def run_id(self) -> str:

@@ -52,6 +52,23 @@ class BlockReport:
     text: str | None = None
 
 
+def hard_below_base_note(hard: float, base_hard: float, kl: float) -> str | None:
+    """Words for the case where the hard L_f falls below the base's own value while KL rises.
+
+    The hard loss only looks at the base's top-1 token: a model that grows more confident on
+    that token scores lower than the base itself although its distribution moved away from
+    the base's (KL > 0, agreement < 1). That is not negative forgetting; the soft L_f and KL
+    say how far the model moved. None when the case does not arise.
+    """
+    if not (hard < base_hard and kl > 1e-6):
+        return None
+    return (
+        f"hard L_f {hard:.4f} is below the base's own {base_hard:.4f} while KL rose to {kl:.4f}: "
+        "the model grew more confident on the base's top-1 tokens, which the hard metric "
+        "rewards; this is not negative forgetting (read the soft L_f and KL)"
+    )
+
+
 @dataclass
 class ForgettingResult:
     """The forgetting metrics of one model against one reference."""

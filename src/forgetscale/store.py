@@ -383,7 +383,7 @@ class ResultsStore:
         if run_id is not None:
             sql += " WHERE run_id = ?"
             params = (run_id,)
-        sql += " ORDER BY run_id, step, suite, metric"
+        sql += " ORDER BY run_id, step, rowid"  # a suite's metrics in the order it gave them
         df = pd.read_sql_query(sql, self.conn, params=params)
         return df.astype({"step": "int64", **{c.name: c.dtype for c in DOWNSTREAM_COLUMNS}})
 

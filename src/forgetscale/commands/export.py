@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only runs with this status (default: all runs)",
     )
     parser.add_argument("--run", action="append", metavar="ID", help="only this run (repeatable)")
+    parser.add_argument(
+        "--table",
+        choices=("measurements", "downstream"),
+        default="measurements",
+        help="measurements (one row per run and step; default) or downstream (long format: "
+        "one row per run, step, suite and metric, with n and the interval)",
+    )
 
 
 def store_files(store: str) -> tuple[str, ...]:
@@ -62,19 +69,20 @@ def run(args: argparse.Namespace) -> int:
     else:  # before reading anything
         out = check_output(args.out, inputs=store_files(args.store), create_parents=True)
     with open_store(args.store, create=False) as store:
-        df = store.measurements()
+        df = store.measurements() if args.table == "measurements" else store.downstream()
         if args.status:
             keep = {r.id for r in store.list_runs() if r.status == args.status}
             df = df[df.run_id.isin(keep)]
     if args.run:
         missing = set(args.run) - set(df.run_id)
         if missing:
-            raise UserError(f"no measurements for run(s): {', '.join(sorted(missing))}")
+            raise UserError(f"no {args.table} for run(s): {', '.join(sorted(missing))}")
         df = df[df.run_id.isin(args.run)]
     if out is None:
         df.to_csv(sys.stdout, index=False)
         return 0
     with atomic_output(out) as tmp:
         write_table(df.reset_index(drop=True), tmp, fmt)
-    print(f"wrote {len(df)} measurements of {df.run_id.nunique()} runs to {out} ({fmt})")
+    what = "measurements" if args.table == "measurements" else "downstream results"
+    print(f"wrote {len(df)} {what} of {df.run_id.nunique()} runs to {out} ({fmt})")
     return 0

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(result.as_dict()))
         return 0
+    from forgetscale.metrics import hard_below_base_note
+
     print(f"model      {args.model}" + (f" + adapter {args.adapter}" if args.adapter else ""))
     print(f"reference  {args.reference} ({result.tokens:,} predicted tokens)")
     print()
@@ -95,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     for label, value, note in rows:
         print(f"  {label:<28} {value:>9.4f}   {note}")
     print(f"  {'tokens':<28} {result.tokens:>9,}")
+    note = hard_below_base_note(result.forgetting_loss, result.base_forgetting_loss, result.kl)
+    if note:
+        print(textwrap.fill(f"note: {note}.", 96))
     forgotten = [b for b in result.most_forgotten if b.kl > 1e-6]
     if result.most_forgotten and not forgotten:
         print("\nno block differs from the base (KL below 1e-6 on every block)")

@@ -13,7 +13,8 @@ HELP = "list the runs in a results store"
 DESCRIPTION = """\
 List the runs in a results store: id (the hash of the resolved config), status,
 method, rank, P (trainable non-embedding parameters), steps measured, the last
-L_ft and L_f, and the label. `--json` prints one JSON object per run.
+L_ft and L_f, the last value of each downstream suite, and the label. `--json` prints
+one JSON object per run.
 """
 
 
@@ -37,6 +38,7 @@ def _fmt(x: object, spec: str = ".4f") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forgetscale.metrics import hard_below_base_note
     from forgetscale.store import open_store
 
     with open_store(args.store, create=False) as store:
@@ -44,6 +46,13 @@ def run(args: argparse.Namespace) -> int:
         if args.status:
             runs = [r for r in runs if r.status == args.status]
         df = store.measurements()
+        ds = store.downstream()
+    # the last downstream value of each suite (its first metric) per run
+    ds_last: dict[str, dict[str, tuple[str, float]]] = {}
+    for (run_id, suite), rows in ds.groupby(["run_id", "suite"], sort=False):
+        last = rows[rows.step == rows.step.max()]
+        ds_last.setdefault(run_id, {})[suite] = (last.metric.iloc[0], last.value.iloc[0])
+    suites = list(dict.fromkeys(s for by_suite in ds_last.values() for s in by_suite))
     if args.json:
         for r in runs:
             rows = df[df.run_id == r.id].to_dict(orient="records")
@@ -66,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
                         "ended": r.ended,
                         "versions": r.versions,
                         "measurements": len(rows),
+                        "downstream": {
+                            f"{suite}:{metric}": value
+                            for suite, (metric, value) in ds_last.get(r.id, {}).items()
+                        },
                     }
                 )
             )
@@ -75,9 +88,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     header = (
         f"{'id':<16}  {'status':<8}  {'method':<10}  {'rank':>4}  {'P':>10}  "
-        f"{'steps':>9}  {'evals':>5}  {'L_ft':>7}  {'L_f':>7}  {'L_f@0':>7}  started           name"
+        f"{'steps':>9}  {'evals':>5}  {'L_ft':>7}  {'L_f':>7}  {'L_f@0':>7}  "
+        + "".join(f"{s:>14}  " for s in suites)
+        + "started           name"
     )
     print(header)
+    notes: list[str] = []
     for r in runs:
         m = df[df.run_id == r.id].sort_values("step")
         last = m.iloc[-1] if len(m) else None
@@ -91,6 +107,21 @@ def run(args: argparse.Namespace) -> int:
             f"{_fmt(None if last is None else last.finetune_loss):>7}  "
             f"{_fmt(None if last is None else last.forgetting_loss):>7}  "
             f"{_fmt(None if first is None else first.forgetting_loss):>7}  "
-            f"{started:<16}  {r.name or ''}"
+            + "".join(
+                f"{_fmt(ds_last.get(r.id, {}).get(s, (None, None))[1]):>14}  " for s in suites
+            )
+            + f"{started:<16}  {r.name or ''}"
         )
+        if last is not None and first is not None:
+            note = hard_below_base_note(last.forgetting_loss, first.forgetting_loss, last.kl)
+            if note:
+                notes.append(f"{r.id}: {note}")
+    if suites:
+        metrics = {s: m for by_suite in ds_last.values() for s, (m, _) in by_suite.items()}
+        print(
+            "downstream columns: "
+            + ", ".join(f"{s} = {metrics[s]} at the last step" for s in suites)
+        )
+    for note in notes:
+        print(f"note: {note}")
     return 0

@@ -33,11 +33,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,103 +64,8 @@ from forgetscale.training.optim import (
     make_optimizer,
     make_scheduler,
 )
-
-RUN_MARKER = "forgetscale-run.json"
-"""Written into ``output_dir`` with the saved weights: which run they came from."""
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` did."""
-
-    run_id: str
-    status: str  # finished | diverged | failed | running (never returned)
-    store: str
-    steps: int
-    """Updates done when the run stopped."""
-    params_trained: int | None
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    """The measurements this call took (a finished run called again takes none)."""
-    diverged_step: int | None = None
-    message: str | None = None
-    reference: str | None = None
-    resumed_from: int | None = None
-    wall_s: float = 0.0
-    """Wall time of this call."""
-    eval_s: float = 0.0
-    """Of which evaluation (L_ft + L_f) took this much."""
-    checkpoint_s: float = 0.0
-    """Of which writing checkpoints took this much."""
-    step_s: float = 0.0
-    """Of which the step loop took this much, evaluation and checkpoints excluded (forward,
-    backward, optimizer, data selection, divergence checks, progress bar)."""
-
-    def summary(self) -> str:
-        if self.status == "finished" and not self.measurements:
-            return f"run {self.run_id}: already finished in {self.store}; nothing to do"
-        text = f"run {self.run_id}: {self.status} after {self.steps} steps"
-        if self.diverged_step is not None:
-            text += f" (diverged at step {self.diverged_step}: {self.message})"
-        if self.measurements:
-            first, last = self.measurements[0], self.measurements[-1]
-            text += (
-                f"; step {last['step']}: L_ft {last['finetune_loss']:.4f}, "
-                f"L_f {last['forgetting_loss']:.4f} (step {first['step']}: "
-                f"L_ft {first['finetune_loss']:.4f}, L_f {first['forgetting_loss']:.4f})"
-            )
-        if self.wall_s:
-            text += f"; {self.wall_s:.1f}s, evaluation {100 * self.eval_s / self.wall_s:.0f}%"
-        return text + f"; results in {self.store}"
-
-
-# ------------------------------------------------------------------------------------------
-# where the run writes
-
-
-def checkpoint_dir(config: TrainConfig) -> Path:
-    """The run's checkpoint folder (default: ``<store>.checkpoints/<run id>``)."""
-    if config.checkpoint_dir:
-        return Path(config.checkpoint_dir)
-    return Path(config.store + ".checkpoints") / config.run_id
-
-
-def lock_path(config: TrainConfig) -> Path:
-    """The run's lock file: one per (store, run), wherever its checkpoints go."""
-    store = Path(config.store)
-    return store.with_name(f".{store.name}.{config.run_id}.lock")
-
-
-def _check_outputs(config: TrainConfig) -> None:
-    """Fail before any work when an output cannot be written or would overwrite someone's."""
-    ck = checkpoint_dir(config)
-    if ck.exists() and not ck.is_dir():
-        raise UserError(f"checkpoint_dir {ck} is a file, not a folder")
-    if not config.output_dir:
-        return
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output_dir {out} is a file, not a folder")
-    if out.is_dir():
-        saved = [n for n in ("adapter_config.json", "config.json") if (out / n).exists()]
-        owner = None
-        if (out / RUN_MARKER).is_file():
-            try:
-                owner = json.loads((out / RUN_MARKER).read_text()).get("run_id")
-            except (OSError, ValueError, AttributeError):
-                owner = None
-        if saved and owner != config.run_id:
-            raise UserError(
-                f"output_dir {out} already holds a model or adapter ({saved[0]}) that this run "
-                "did not write; choose another output_dir or remove it"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".forgetscale-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(f"output_dir {out} cannot be written ({exc.strerror or exc})") from None
-
+from forgetscale.training.outputs import RUN_MARKER, check_outputs, checkpoint_dir, lock_path
+from forgetscale.training.result import TrainResult
 
 # ------------------------------------------------------------------------------------------
 # the entry point
@@ -203,7 +106,7 @@ def train(
         config = build_config(config.to_dict(), overrides=overrides)
     log = log or _stderr
     t_begin = time.perf_counter()
-    _check_outputs(config)
+    check_outputs(config)
     run_id, ck_dir = config.run_id, checkpoint_dir(config)
     with open_store(config.store) as store:
         lock = RunLock(lock_path(config), run_id)
@@ -304,6 +207,13 @@ class _Run:
         self.optimizer = make_optimizer(self.params, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.batches = TrainingBatches(data.train, self.device)
+        self.downstream = cfg.downstream_config()
+        self.downstream_base_key = None
+        if self.downstream is not None and cfg.method not in ("lora", "ia3"):
+            from forgetscale.downstream.runner import base_fingerprint
+
+            # the base side of full / top-layer fine-tuning is the weights before step 1
+            self.downstream_base_key = base_fingerprint(self.model, self.tokenizer)
         what = cfg.method
         if cfg.method == "lora":
             what += f" r={cfg.rank} alpha={cfg.alpha:g}{' rslora' if cfg.rslora else ''}"
@@ -360,6 +270,29 @@ class _Run:
             "wall_s": progress.wall_s,
         }
 
+    def _run_downstream(self, store: ResultsStore, step: int) -> None:
+        """The downstream suites on the model as it is after ``step`` updates, into the store."""
+        from dataclasses import asdict
+
+        from forgetscale.downstream.runner import run_suites
+
+        ds = self.downstream
+        rows = run_suites(
+            self.model,
+            self.tokenizer,
+            ds.suites,
+            base_cache_dir=Path(self.reference_path).parent / "downstream",
+            device=self.device,
+            batch_size=ds.batch_size,
+            options=ds.options(),
+            base_key=self.downstream_base_key,
+        )
+        store.add_downstream(self.run_id, step, [asdict(row) for row in rows])
+        self.log(
+            f"run {self.run_id}: downstream at step {step}: "
+            + ", ".join(f"{r.suite} {r.metric} {r.value:.3f} (n={r.n})" for r in rows)
+        )
+
     def _loop(self, store: ResultsStore, ck_dir: Path) -> TrainResult:
         from tqdm.auto import tqdm
 
@@ -371,6 +304,11 @@ class _Run:
             else {s for s in eval_steps if 0 < s < cfg.max_steps}
         )
         measured = store.measured_steps(run_id)
+        ds_steps = (
+            set(self.downstream.resolve_steps(cfg.max_steps)) - store.downstream_steps(run_id)
+            if self.downstream is not None and self.downstream.enabled
+            else set()
+        )
         progress, start, resumed_from = Progress(), 0, None
         ck = latest_checkpoint(ck_dir, run_id)
         if ck is not None:
@@ -407,6 +345,12 @@ class _Run:
             progress.reset_train_loss()
             result.eval_s += time.perf_counter() - t0
 
+        def downstream(step: int) -> None:
+            if step in ds_steps:
+                t0 = time.perf_counter()
+                self._run_downstream(store, step)
+                result.downstream_s += time.perf_counter() - t0
+
         bar = tqdm(
             total=cfg.max_steps,
             initial=start,
@@ -422,8 +366,11 @@ class _Run:
                 bar.set_postfix(
                     L_ft=f"{result.measurements[-1]['finetune_loss']:.3f}", L_f=f"{latest_lf:.3f}"
                 )
+            if start == 0:
+                downstream(0)
             model.train()
-            t_loop, eval_before, ck_before = time.perf_counter(), result.eval_s, result.checkpoint_s
+            t_loop = time.perf_counter()
+            others_before = result.eval_s + result.checkpoint_s + result.downstream_s
             for step in range(start, cfg.max_steps):
                 at = step + 1  # the update being made (for a divergence report)
                 index = batch_indices(step, len(self.batches), cfg.batch_size, cfg.seed)
@@ -462,6 +409,7 @@ class _Run:
                     else:
                         at = done
                         measure(done)
+                downstream(done)
                 if done in ck_steps:
                     t0 = time.perf_counter()
                     progress.wall_s = wall_base + t0
@@ -472,12 +420,8 @@ class _Run:
                 if latest_lf is not None:
                     postfix["L_f"] = f"{latest_lf:.3f}"
                 bar.set_postfix(postfix, refresh=False)
-            result.step_s = (
-                time.perf_counter()
-                - t_loop
-                - (result.eval_s - eval_before)
-                - (result.checkpoint_s - ck_before)
-            )
+            others = result.eval_s + result.checkpoint_s + result.downstream_s - others_before
+            result.step_s = time.perf_counter() - t_loop - others
         except DivergedError as exc:
             bar.close()
             store.set_status(run_id, "diverged", message=str(exc), diverged_step=at)

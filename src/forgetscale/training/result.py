@@ -1,0 +1,52 @@
+"""What a training run reports back: :class:`TrainResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did."""
+
+    run_id: str
+    status: str  # finished | diverged | failed | running (never returned)
+    store: str
+    steps: int
+    """Updates done when the run stopped."""
+    params_trained: int | None
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    """The measurements this call took (a finished run called again takes none)."""
+    diverged_step: int | None = None
+    message: str | None = None
+    reference: str | None = None
+    resumed_from: int | None = None
+    wall_s: float = 0.0
+    """Wall time of this call."""
+    eval_s: float = 0.0
+    """Of which evaluation (L_ft + L_f) took this much."""
+    checkpoint_s: float = 0.0
+    """Of which writing checkpoints took this much."""
+    downstream_s: float = 0.0
+    """Of which the downstream suites took this much."""
+    step_s: float = 0.0
+    """Of which the step loop took this much, evaluation, downstream suites and checkpoints
+    excluded (forward, backward, optimizer, data selection, divergence checks, progress bar)."""
+
+    def summary(self) -> str:
+        if self.status == "finished" and not self.measurements:
+            return f"run {self.run_id}: already finished in {self.store}; nothing to do"
+        text = f"run {self.run_id}: {self.status} after {self.steps} steps"
+        if self.diverged_step is not None:
+            text += f" (diverged at step {self.diverged_step}: {self.message})"
+        if self.measurements:
+            first, last = self.measurements[0], self.measurements[-1]
+            text += (
+                f"; step {last['step']}: L_ft {last['finetune_loss']:.4f}, "
+                f"L_f {last['forgetting_loss']:.4f} (step {first['step']}: "
+                f"L_ft {first['finetune_loss']:.4f}, L_f {first['forgetting_loss']:.4f})"
+            )
+        if self.wall_s:
+            text += f"; {self.wall_s:.1f}s, evaluation {100 * self.eval_s / self.wall_s:.0f}%"
+        return text + f"; results in {self.store}"
