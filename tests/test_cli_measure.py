@@ -367,8 +367,8 @@ def test_json_helpers_turn_non_finite_numbers_into_null():
 
     import numpy as np
 
-    from forgetscale.commands._common import dumps_json
+    from forgetscale.outputs import dumps
 
-    text = dumps_json({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": np.float64("nan"),
+    text = dumps({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": np.float64("nan"),
                        "d": (np.int64(3),), "e": "nan"})  # fmt: skip
     assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "c": None, "d": [3], "e": "nan"}

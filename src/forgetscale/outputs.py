@@ -449,8 +449,8 @@ def json_safe(obj: Any) -> tuple[Any, list[str]]:
         if isinstance(value, Mapping):
             return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
         if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-            items = value.tolist() if hasattr(value, "tolist") else value
-            if not isinstance(items, list):
+            items = value.tolist() if hasattr(value, "tolist") else list(value)
+            if not isinstance(items, list):  # a numpy or torch scalar
                 return clean(items, where)
             return [clean(v, f"{where}[{i}]") for i, v in enumerate(items)]
         if isinstance(value, float) and not math.isfinite(value):
