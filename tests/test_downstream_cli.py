@@ -320,3 +320,19 @@ def test_a_user_suite_registers_beside_the_builtins():
 
         registry._SUITES.pop("my-suite", None)
     assert np.isfinite(0.0)
+
+
+def test_base_key_is_the_same_with_the_adapter_on(tiny_model_dir, tiny_lora_dir):
+    """The base side cached for base + adapter is the one the base alone finds, and back."""
+    from forgetscale.models import load_model
+
+    alone = load_model(str(tiny_model_dir), device="cpu")
+    wrapped = load_model(str(tiny_model_dir), adapter=str(tiny_lora_dir), device="cpu")
+    assert base_fingerprint(alone.model, alone.tokenizer) == base_fingerprint(
+        wrapped.model, wrapped.tokenizer
+    )
+    with torch.no_grad():
+        next(alone.model.parameters()).add_(1e-3)
+    assert base_fingerprint(alone.model, alone.tokenizer) != base_fingerprint(
+        wrapped.model, wrapped.tokenizer
+    )
