@@ -220,8 +220,9 @@ def main() -> int:
                 per_run = (cpu - loop_cpu - start_cpu) / n_runs
                 print(
                     f"    of which starting the worker process (imports, once per worker): "
-                    f"{start_cpu:.1f} s CPU; the rest, per run (dispatch, run folder, merge, "
-                    f"progress): {per_run:+.2f} s CPU = {100 * per_run * n_runs / loop_cpu:+.1f}%"
+                    f"{start_cpu:.1f} s CPU; the rest (the driver's model load for the reference, "
+                    f"dispatch, run folders, merges), per run: {per_run:+.2f} s CPU = "
+                    f"{100 * per_run * n_runs / loop_cpu:+.1f}%"
                 )
         return 0
     finally:
