@@ -189,14 +189,13 @@ def run_folder(run_dir: str | os.PathLike[str], *, threads: int | None = None) -
                     message=result.message,
                     diverged_step=result.diverged_step,
                 )
-            except BaseException as exc:  # the folder must say why, whatever happened
+            except Exception as exc:  # the folder must say why the run failed
                 log(traceback.format_exc())
                 status.update(status="failed", message=f"{type(exc).__name__}: {exc}")
-                if not isinstance(exc, Exception):
-                    progress.close()
-                    status["wall_s"] = time.time() - t0
-                    _write_json(run_dir / STATUS, status)
-                    raise
+            except BaseException as exc:  # interrupted (preempted, Ctrl-C): no verdict, it resumes
+                log(f"worker {os.getpid()}: interrupted ({type(exc).__name__}); the run resumes")
+                progress.close()
+                raise
             progress.close()
             status["wall_s"] = time.time() - t0
             _write_json(run_dir / STATUS, status)
