@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from forgetscale.commands.sweep import load_from_args, take_own_flags
-    from forgetscale.study.runner import analysis_of, run_study, study_file
+    from forgetscale.study.runner import EXTRA_KEYS, analysis_of, notes_of, run_study, study_file
 
     rest = take_own_flags(
         args,
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     )
     store = str(Path(args.out) / "results.db") if args.out else None
     sweep, flags = load_from_args(
-        args, study_file(args.study), rest, extra_keys=("analysis",), store=store
+        args, study_file(args.study), rest, extra_keys=EXTRA_KEYS, store=store
     )
+    notes_of(sweep)  # checked before anything runs
     if args.dry_run:
         from forgetscale.sweep.options import executor_options
         from forgetscale.sweep.status import dry_run

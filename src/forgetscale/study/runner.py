@@ -25,6 +25,9 @@ from forgetscale.errors import UserError
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 BUILT_IN = ("default", "quick")
+EXTRA_KEYS = ("analysis", "notes")
+"""What a study file adds to a sweep file: the ``analysis:`` block and ``notes:`` (sentences
+the report shows under its warnings, e.g. what a quick design cannot show)."""
 
 
 @dataclass
@@ -66,6 +69,15 @@ def analysis_of(sweep: Any) -> Any:
         raise UserError(f"{sweep.path}: {exc}") from None
 
 
+def notes_of(sweep: Any) -> list[str]:
+    """The study file's ``notes:`` (a sentence or a list of them)."""
+    notes = sweep.extra.get("notes") or []
+    notes = [notes] if isinstance(notes, str) else notes
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise UserError(f"{sweep.path}: notes: a sentence or a list of sentences")
+    return notes
+
+
 def load_study(
     name_or_path: str | None,
     *,
@@ -81,7 +93,7 @@ def load_study(
     if out is not None:
         overrides["store"] = str(Path(out) / "results.db")
     sweep = load_sweep(
-        study_file(name_or_path), overrides, executor=executor, extra_keys=("analysis",)
+        study_file(name_or_path), overrides, executor=executor, extra_keys=EXTRA_KEYS
     )
     return sweep, analysis_of(sweep)
 
@@ -166,6 +178,7 @@ def run_study(
             "versions": library_versions(),
             "runs_wall_s": None if analyse_only else round(t_runs, 1),
             "store": str(sweep.store),
+            "notes": notes_of(sweep),
         },
     )
     html, json_path = write_report(report, sweep.folder)
