@@ -56,6 +56,39 @@ def study_file(name_or_path: str | None) -> Path:
     return path
 
 
+def summary(report: dict[str, Any], measurements: Any) -> str:
+    """One screen for the terminal: the runs' end points, the study's checks, the warnings.
+    ``report`` is the report's JSON (:meth:`StudyReport.to_json`), ``measurements`` the
+    store's table (:func:`forgetscale.store.read_measurements`)."""
+
+    def f(x: Any, spec: str = ".4f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    step0 = {row["run_id"]: row for row in report["noise_floor"].get("step0", [])}
+    lines = [
+        f"{'run':<8} {'seed':>4} {'P':>11} {'steps':>5}  {'L_ft@0':>7} {'L_ft':>7}  "
+        f"{'L_f@0':>7} {'L_f':>7}  {'KL':>7}  status"
+    ]
+    for run in report["runs"]:
+        rows = measurements[measurements.run_id == run["run_id"]].sort_values("step")
+        last = rows.iloc[-1].to_dict() if len(rows) else {}
+        base = step0.get(run["run_id"], {})
+        lines.append(
+            f"{run['label']:<8} {run['seed']:>4} {run['params_trained']:>11,} "
+            f"{f(run['last_step'], 'd'):>5}  {f(base.get('finetune_loss')):>7} "
+            f"{f(last.get('finetune_loss')):>7}  {f(base.get('forgetting_loss')):>7} "
+            f"{f(last.get('forgetting_loss')):>7}  {f(last.get('kl')):>7}  {run['status']}"
+        )
+    lines.append("")
+    lines.append("checks:")
+    for check in report["checks"]:
+        mark = "met    " if check["passed"] else "NOT MET"
+        lines.append(f"  [{mark}] {check['name']}: {check['detail']}")
+    if report["warnings"]:
+        lines.append(f"warnings: {len(report['warnings'])} (listed at the top of the report)")
+    return "\n".join(lines)
+
+
 def analysis_of(sweep: Any) -> Any:
     """The checked ``analysis:`` block of a study's sweep (loaded with ``extra_keys``)."""
     from forgetscale.study.analysis import AnalysisConfig
@@ -182,6 +215,9 @@ def run_study(
         },
     )
     html, json_path = write_report(report, sweep.folder)
+    from forgetscale.store import read_measurements
+
+    print(summary(report.to_json(), read_measurements(sweep.store)))
     print(
         f"study: analysis and report took {time.perf_counter() - t_analysis:.1f} s",
         file=err,
