@@ -178,6 +178,7 @@ def run_study(
     from forgetscale.study.analysis import analyse
     from forgetscale.study.report import write_report
     from forgetscale.sweep.driver import run_sweep
+    from forgetscale.sweep.worker import STATUS, read_json
 
     err = err or sys.stderr
     t0 = time.perf_counter()
@@ -195,6 +196,11 @@ def run_study(
         if (sweep.run_dir(run.run_id) / "adapter" / "adapter_config.json").is_file()
     }
     references = sorted(sweep.reference_dir.glob("ref-*.safetensors"))
+    run_time: dict[str, float] = {}  # where the runs' time went, summed (from each run folder)
+    for run in sweep.runs:
+        status = read_json(sweep.run_dir(run.run_id) / STATUS) or {}
+        for part, seconds in (status.get("timings") or {}).items():
+            run_time[part] = round(run_time.get(part, 0.0) + seconds, 1)
     print(f"study: analysing {len(run_ids)} runs in {sweep.store}", file=err, flush=True)
     t_analysis = time.perf_counter()
     report = analyse(
@@ -210,6 +216,7 @@ def run_study(
             "machine": _machine(),
             "versions": library_versions(),
             "runs_wall_s": None if analyse_only else round(t_runs, 1),
+            "run_time_s": run_time or None,
             "store": str(sweep.store),
             "notes": notes_of(sweep),
         },

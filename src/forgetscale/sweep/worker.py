@@ -188,6 +188,7 @@ def run_folder(run_dir: str | os.PathLike[str], *, threads: int | None = None) -
                     steps=result.steps,
                     message=result.message,
                     diverged_step=result.diverged_step,
+                    timings=result.timings(),
                 )
             except Exception as exc:  # the folder must say why the run failed
                 log(traceback.format_exc())

@@ -25,7 +25,11 @@ class TrainResult:
     wall_s: float = 0.0
     """Wall time of this call."""
     eval_s: float = 0.0
-    """Of which evaluation (L_ft + L_f) took this much."""
+    """Of which evaluation (L_ft + L_f, and writing the measurement) took this much."""
+    eval_finetune_s: float = 0.0
+    """Of which the L_ft evaluations took this much."""
+    eval_forgetting_s: float = 0.0
+    """Of which the L_f evaluations took this much."""
     checkpoint_s: float = 0.0
     """Of which writing checkpoints took this much."""
     downstream_s: float = 0.0
@@ -50,3 +54,16 @@ class TrainResult:
         if self.wall_s:
             text += f"; {self.wall_s:.1f}s, evaluation {100 * self.eval_s / self.wall_s:.0f}%"
         return text + f"; results in {self.store}"
+
+    def timings(self) -> dict[str, float]:
+        """Where this call's wall time went, in seconds (``setup`` is loading the model, the
+        data and the reference, before the first step)."""
+        parts = {
+            "steps": self.step_s,
+            "eval_finetune": self.eval_finetune_s,
+            "eval_forgetting": self.eval_forgetting_s,
+            "eval_other": self.eval_s - self.eval_finetune_s - self.eval_forgetting_s,
+            "checkpoints": self.checkpoint_s,
+            "downstream": self.downstream_s,
+        }
+        return {"wall": self.wall_s, "setup": self.wall_s - sum(parts.values()), **parts}

@@ -249,18 +249,22 @@ class _Run:
             store.set_status(self.run_id, "failed", message=f"{type(exc).__name__}: {exc}")
             raise
 
-    def _measure(self, step: int, progress: Progress) -> dict[str, Any]:
+    def _measure(self, step: int, progress: Progress, result: TrainResult) -> dict[str, Any]:
         """L_ft and the forgetting metrics now: one row of the measurement schema."""
         cfg = self.config
+        t0 = time.perf_counter()
         l_ft = finetune_loss(self.model, self.heldout, batch_size=cfg.eval_batch_size)
         if not math.isfinite(l_ft):
             raise DivergedError(f"held-out loss is {l_ft}")
+        t1 = time.perf_counter()
         try:
             forgetting = evaluate_forgetting(
                 self.model, self.reference, batch_size=cfg.eval_batch_size, report_blocks=0
             )
         except FloatingPointError as exc:
             raise DivergedError(str(exc)) from None
+        result.eval_finetune_s += t1 - t0
+        result.eval_forgetting_s += time.perf_counter() - t1
         return {
             "step": step,
             "finetune_loss": l_ft,
@@ -338,7 +342,7 @@ class _Run:
             nonlocal latest_lf
             t0 = time.perf_counter()
             progress.wall_s = wall_base + t0
-            row = self._measure(step, progress)
+            row = self._measure(step, progress, result)
             store.add_measurement(run_id, step, {k: v for k, v in row.items() if k != "step"})
             result.measurements.append(row)
             latest_lf = row["forgetting_loss"]
