@@ -47,11 +47,18 @@ def test_a_study_runs_writes_its_report_and_a_rerun_only_reanalyses(workdir, cap
     assert len(read_measurements(workdir / "study" / "results.db")) == n
 
 
-def test_out_moves_the_study(workdir, capsys):
-    (workdir / "study.yaml").write_text(STUDY.replace("[1, 2, 4, 8]", "[1, 2]"))
+def test_out_moves_the_study_and_notes_reach_the_report(workdir, capsys):
+    text = STUDY.replace("[1, 2, 4, 8]", "[1, 2]") + 'notes: "Two ranks: a smoke test."\n'
+    (workdir / "study.yaml").write_text(text)
     assert main(["study", "study.yaml", "--out", "elsewhere", "--no-progress"]) == 0
     assert (workdir / "elsewhere" / "report.html").is_file()
     assert not (workdir / "study").exists()
+    report = json.loads((workdir / "elsewhere" / "report.json").read_text())
+    assert report["study"]["notes"] == ["Two ranks: a smoke test."]
+    assert "Two ranks: a smoke test." in (workdir / "elsewhere" / "report.html").read_text()
+    assert set(report["study"]["run_time_s"]) >= {"steps", "eval_forgetting", "eval_finetune"}
+    out = capsys.readouterr().out
+    assert "checks:" in out and "L_f@0" in out  # the one-screen summary
 
 
 @pytest.mark.parametrize(
@@ -61,6 +68,7 @@ def test_out_moves_the_study(workdir, capsys):
         (STUDY.replace("  bootstrap: 8\n", "  bootstrap: -1\n"), "bootstrap"),
         (STUDY + "analyses: {}\n", "analyses: unknown key"),
         ("base: ./run.yaml\nanalysis: {}\n", "no grid: or zip: block"),
+        (STUDY + "notes: {a: 1}\n", "notes: a sentence or a list of sentences"),
     ],
 )
 def test_bad_study_files_are_one_line(workdir, capsys, text, message):
