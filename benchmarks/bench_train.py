@@ -104,7 +104,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from forgetscale.config import load_config
-    from forgetscale.finetune_data import load_task_data
+    from forgetscale.finetune_data import RecordFields, load_task_data
     from forgetscale.training import train
     from forgetscale.training.optim import batch_indices
 
@@ -130,7 +130,8 @@ def main() -> int:
         tokenizer,
         block_size=base.block_size,
         fmt=base.task_format,
-        text_field=base.text_field,
+        fields=RecordFields(base.text_field, base.prompt_field, base.response_field),
+        split=base.task_split,
         heldout_source=base.heldout_data,
         heldout_fraction=base.heldout_fraction,
     )

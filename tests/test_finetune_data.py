@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import tiny_config
 
+from forgetscale.errors import UserError
 from forgetscale.training import train
 
 # ------------------------------------------------------------------------------------------
@@ -67,3 +69,28 @@ def test_prompt_response_trains_on_response_tokens_only(workdir, tiny_model_dir)
         )
     )
     assert result.status == "finished"
+
+
+def test_prompt_and_response_fields_can_be_named(workdir, tiny_model_dir):
+    """Instruction sets name their fields differently (OpenOrca: question/response)."""
+    from transformers import AutoTokenizer
+
+    from forgetscale.finetune_data import RecordFields, load_task_data
+
+    rows = [{"question": f"What is {i} + {i}?", "response": f"It is {2 * i}."} for i in range(20)]
+    (workdir / "orca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fields = RecordFields(prompt="question", response="response")
+    data = load_task_data(str(workdir / "orca.jsonl"), tok, block_size=32, fields=fields)
+    assert data.format == "prompt_response" and len(data.train) + len(data.heldout) == 20
+    with pytest.raises(UserError, match="'prompt'\\+'response'"):
+        load_task_data(str(workdir / "orca.jsonl"), tok, block_size=32)
+
+
+def test_keys_added_later_keep_earlier_run_ids(workdir):
+    """A run id includes a later key only when it is set to another value than its default."""
+    plain = tiny_config(workdir)
+    assert "forgetting_split" not in plain.result_dict()
+    assert tiny_config(workdir, forgetting_split="train").run_id == plain.run_id
+    assert tiny_config(workdir, forgetting_split="test").run_id != plain.run_id
+    assert tiny_config(workdir, prompt_field="question").run_id != plain.run_id

@@ -53,6 +53,16 @@ NON_RESULT_FIELDS = frozenset(
     }
 )
 
+# Keys added after run ids were first given out, with their defaults: a run id includes
+# them only when they differ from these, so a store's earlier runs keep their ids.
+LATER_KEYS: dict[str, Any] = {
+    "downstream": None,
+    "prompt_field": "prompt",
+    "response_field": "response",
+    "task_split": "train",
+    "forgetting_split": "train",
+}
+
 # Fields that hold local paths (resolved against the config file's folder).
 PATH_FIELDS = frozenset(
     {
@@ -121,6 +131,11 @@ class TrainConfig:
         choices=TASK_FORMATS,
     )
     text_field: str = _f("text", "Field holding the text in JSONL/parquet plain-text records.")
+    prompt_field: str = _f(
+        "prompt", "Field holding the prompt in prompt/response records (OpenOrca: question)."
+    )
+    response_field: str = _f("response", "Field holding the response in prompt/response records.")
+    task_split: str = _f("train", "Split of an hf: task data set.")
     response_only_loss: bool = _f(
         True,
         "For prompt/response or chat data: train and measure L_ft on response tokens only.",
@@ -151,6 +166,9 @@ class TrainConfig:
         "pydoc",
         "General text that forgetting is measured on (embedded 'pydoc'/'shakespeare', a file, "
         "folder or hf:NAME).",
+    )
+    forgetting_split: str = _f(
+        "train", "Split of an hf: forgetting corpus (the paper: WikiText-103's test split)."
     )
     forgetting_block_size: int | None = _f(
         None, "Block size of the forgetting corpus (None = block_size).", ge=2
@@ -309,12 +327,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict[str, Any]:
-        """The fields that define the results (everything but where things go). An unset
-        ``downstream`` is left out, so run ids from before the key existed stay the same."""
+        """The fields that define the results (everything but where things go). Keys added
+        after run ids existed enter it only when set to another value than their default, so
+        earlier run ids stay the same."""
         return {
             k: v
             for k, v in self.to_dict().items()
-            if k not in NON_RESULT_FIELDS and not (k == "downstream" and v is None)
+            if k not in NON_RESULT_FIELDS and not (k in LATER_KEYS and v == LATER_KEYS[k])
         }
 
     @property

@@ -141,16 +141,30 @@ def _record_texts(path: Path, text_field: str) -> list[str]:
     return texts
 
 
-def _load_hf(name: str, text_field: str, split: str) -> list[str]:
+def _hf_dataset(name: str, split: str) -> Any:
     try:
         import datasets
     except ImportError as exc:
         raise UserError("hf: corpora need the datasets package: pip install datasets") from exc
     dataset, _, config = name.partition(":")
     try:
-        ds = datasets.load_dataset(dataset, config or None, split=split)
+        return datasets.load_dataset(dataset, config or None, split=split)
     except Exception as exc:  # network, missing dataset, bad split ...
         raise UserError(f"could not load dataset {name} split {split}: {exc}") from exc
+
+
+def read_source_records(source: str, *, split: str = "train") -> list[dict[str, Any]]:
+    """The records of a ``.jsonl``/``.parquet`` file or of split ``split`` of ``hf:NAME``."""
+    if source.startswith("hf:"):
+        return _hf_dataset(source[3:], split).to_list()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UserError(f"data not found: {source}")
+    return read_records(path)
+
+
+def _load_hf(name: str, text_field: str, split: str) -> list[str]:
+    ds = _hf_dataset(name, split)
     if text_field not in ds.column_names:
         raise UserError(
             f"dataset {name} has no column {text_field!r} (columns: {', '.join(ds.column_names)})"

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from forgetscale.corpus import read_records
+from forgetscale.corpus import read_source_records
 from forgetscale.errors import UserError
 
 IGNORE_INDEX = -100
@@ -69,46 +69,65 @@ class TaskData:
 # reading records
 
 
-def detect_format(source: str, text_field: str = "text") -> str:
-    """``text``, ``prompt_response`` or ``messages``, from the first record of a JSONL/parquet file."""
+@dataclass(frozen=True)
+class RecordFields:
+    """Which fields of a record hold what (instruction data sets name them differently:
+    OpenOrca has ``question``/``response``)."""
+
+    text: str = "text"
+    prompt: str = "prompt"
+    response: str = "response"
+
+
+def _is_record_source(source: str) -> bool:
     path = Path(source).expanduser()
-    if not path.is_file() or path.suffix.lower() not in (".jsonl", ".parquet"):
+    return source.startswith("hf:") or (
+        path.is_file() and path.suffix.lower() in (".jsonl", ".parquet")
+    )
+
+
+def detect_format(
+    source: str, fields: RecordFields = RecordFields(), *, split: str = "train"
+) -> str:
+    """``text``, ``prompt_response`` or ``messages``, from the first record of a JSONL/parquet
+    file or an ``hf:`` dataset (anything else is plain text)."""
+    if not _is_record_source(source):
         return "text"
-    records = read_records(path)
+    records = read_source_records(source, split=split)
     if not records:
         raise UserError(f"task data {source} is empty (no records)")
     first = records[0]
     if "messages" in first:
         return "messages"
-    if "prompt" in first and "response" in first:
+    if fields.prompt in first and fields.response in first:
         return "prompt_response"
-    if text_field in first:
+    if fields.text in first:
         return "text"
     raise UserError(
-        f"{source}: first record has none of the expected fields: {text_field!r} (plain text), "
-        f"'prompt'+'response' or 'messages' (chat); it has: {', '.join(map(str, first)) or 'none'}"
+        f"{source}: first record has none of the expected fields: {fields.text!r} (plain text), "
+        f"{fields.prompt!r}+{fields.response!r} or 'messages' (chat); it has: "
+        f"{', '.join(map(str, first)) or 'none'}"
     )
 
 
-def _conversations(source: str, fmt: str) -> list[list[dict[str, str]]]:
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise UserError(f"task data not found: {source}")
-    records = read_records(path)
+def _conversations(
+    source: str, fmt: str, fields: RecordFields, split: str
+) -> list[list[dict[str, str]]]:
+    records = read_source_records(source, split=split)
     if not records:
         raise UserError(f"task data {source} is empty (no records)")
     out = []
     for i, rec in enumerate(records, 1):
         if fmt == "prompt_response":
-            if "prompt" not in rec or "response" not in rec:
+            if fields.prompt not in rec or fields.response not in rec:
                 raise UserError(
-                    f"{source}: record {i} lacks 'prompt' and/or 'response' "
+                    f"{source}: record {i} lacks {fields.prompt!r} and/or {fields.response!r} "
                     f"(has: {', '.join(map(str, rec)) or 'nothing'})"
                 )
             out.append(
                 [
-                    {"role": "user", "content": str(rec["prompt"])},
-                    {"role": "assistant", "content": str(rec["response"])},
+                    {"role": "user", "content": str(rec[fields.prompt])},
+                    {"role": "assistant", "content": str(rec[fields.response])},
                 ]
             )
         else:
@@ -210,10 +229,12 @@ def _chat_examples(
     )
 
 
-def _text_examples(source: str, tokenizer: Any, block_size: int, text_field: str) -> Examples:
+def _text_examples(
+    source: str, tokenizer: Any, block_size: int, text_field: str, split: str
+) -> Examples:
     from forgetscale.corpus import load_documents, pack_documents
 
-    docs = load_documents(source, text_field=text_field)
+    docs = load_documents(source, text_field=text_field, split=split)
     blocks = pack_documents(docs, tokenizer, block_size)
     return Examples(blocks, blocks, None)
 
@@ -224,15 +245,16 @@ def load_examples(
     *,
     block_size: int,
     fmt: str = "auto",
-    text_field: str = "text",
+    fields: RecordFields = RecordFields(),
+    split: str = "train",
     response_only: bool = True,
 ) -> tuple[Examples, str]:
     """Read task data into :class:`Examples`; returns them and the format used."""
     if fmt == "auto":
-        fmt = detect_format(source, text_field)
+        fmt = detect_format(source, fields, split=split)
     if fmt == "text":
-        return _text_examples(source, tokenizer, block_size, text_field), fmt
-    convs = _conversations(source, fmt)
+        return _text_examples(source, tokenizer, block_size, fields.text, split), fmt
+    convs = _conversations(source, fmt, fields, split)
     return _chat_examples(convs, tokenizer, block_size, response_only), fmt
 
 
@@ -257,29 +279,17 @@ def load_task_data(
     *,
     block_size: int,
     fmt: str = "auto",
-    text_field: str = "text",
+    fields: RecordFields = RecordFields(),
+    split: str = "train",
     response_only: bool = True,
     heldout_source: str | None = None,
     heldout_fraction: float = 0.1,
 ) -> TaskData:
     """Training and held-out examples for a run (see the module docs)."""
-    examples, used = load_examples(
-        source,
-        tokenizer,
-        block_size=block_size,
-        fmt=fmt,
-        text_field=text_field,
-        response_only=response_only,
-    )
+    common = {"block_size": block_size, "fields": fields, "response_only": response_only}
+    examples, used = load_examples(source, tokenizer, fmt=fmt, split=split, **common)
     if heldout_source:
-        heldout, _ = load_examples(
-            heldout_source,
-            tokenizer,
-            block_size=block_size,
-            fmt=used,
-            text_field=text_field,
-            response_only=response_only,
-        )
+        heldout, _ = load_examples(heldout_source, tokenizer, fmt=used, **common)
         return TaskData(examples, heldout, used)
     train, heldout = split_heldout(examples, heldout_fraction)
     return TaskData(train, heldout, used)

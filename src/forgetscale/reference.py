@@ -252,6 +252,7 @@ class ReferenceCache:
         model_name: str,
         corpus: str,
         text_field: str = "text",
+        split: str = "train",
         block_size: int,
         max_tokens: int | None,
         top_k: int,
@@ -273,7 +274,7 @@ class ReferenceCache:
 
         from forgetscale.corpus import corpus_hash, load_documents, pack_documents
 
-        docs = load_documents(corpus, text_field=text_field)
+        docs = load_documents(corpus, text_field=text_field, split=split)
         corpus_sha = corpus_hash(docs)
         blocks = pack_documents(docs, tokenizer, block_size)
         n_all = blocks.shape[0]

@@ -43,7 +43,7 @@ import torch
 
 from forgetscale.config import TrainConfig, build_config, load_config, parse_overrides
 from forgetscale.errors import DivergedError, UserError
-from forgetscale.finetune_data import load_task_data
+from forgetscale.finetune_data import RecordFields, load_task_data
 from forgetscale.metrics import evaluate_forgetting, finetune_loss
 from forgetscale.models import count_parameters, load_model, resolve_device
 from forgetscale.reference import ReferenceCache
@@ -176,7 +176,8 @@ class _Run:
             self.tokenizer,
             block_size=cfg.block_size,
             fmt=cfg.task_format,
-            text_field=cfg.text_field,
+            fields=RecordFields(cfg.text_field, cfg.prompt_field, cfg.response_field),
+            split=cfg.task_split,
             response_only=cfg.response_only_loss,
             heldout_source=cfg.heldout_data,
             heldout_fraction=cfg.heldout_fraction,
@@ -470,6 +471,7 @@ def reference_for_config(
         model_name=model_name,
         corpus=config.forgetting_data,
         text_field=config.text_field,
+        split=config.forgetting_split,
         block_size=config.forgetting_block_size or config.block_size,
         max_tokens=config.forgetting_max_tokens,
         top_k=config.reference_top_k,
