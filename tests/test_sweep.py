@@ -35,17 +35,6 @@ grid:
 COLUMNS = ["step", "finetune_loss", "forgetting_loss", "forgetting_loss_soft", "kl", "agreement"]
 
 
-@pytest.fixture(scope="module")
-def task_jsonl(tmp_path_factory) -> Path:
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("task") / "task.jsonl"
-    with path.open("w") as fh:
-        for key in sorted(topics)[:30]:
-            fh.write(json.dumps({"text": topics[key][:1200]}) + "\n")
-    return path
-
-
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, tiny_model_dir, task_jsonl, general_jsonl) -> Path:
     (tmp_path / "tiny-model").symlink_to(tiny_model_dir, target_is_directory=True)

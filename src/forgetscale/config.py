@@ -383,48 +383,52 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Coerce ``value`` (from YAML or a parsed command-line string) to the field type ``tp``."""
+def coerce_value(where: str, value: Any, tp: Any) -> Any:
+    """``value`` (from YAML or a parsed command-line string) as the type ``tp``; a value of the
+    wrong type is one :class:`UserError` naming ``where`` (a key, ``grid.rank[1]``)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
         errors = []
-        # Try the list member first for lists, the scalar members otherwise.
-        ordered = sorted(
-            (a for a in args if a is not type(None)),
-            key=lambda a: 0 if (typing.get_origin(a) is list) == isinstance(value, list) else 1,
-        )
-        for arg in ordered:
+        for arg in args:
             try:
-                return _coerce(name, value, arg)
+                return coerce_value(where, value, arg)
             except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[0] if errors else f"{name}: bad value {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
+                errors.append(exc)
+        raise errors[0]
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            value = [value]
-        return [_coerce(name, v, item_tp) for v in value]
-    if tp is Any:
-        return value
+            raise UserError(f"{where} must be a list, got {value!r}")
+        items = [coerce_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
-            return False
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise UserError(f"{name} must be true or false, got {value!r}")
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "yes",
+            "on",
+            "1",
+            "false",
+            "no",
+            "off",
+            "0",
+        ):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise UserError(f"{where} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -433,24 +437,27 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise UserError(f"{name} must be an integer, got {value!r}")
+        raise UserError(f"{where} must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, bool):
-            raise UserError(f"{name} must be a number, got {value!r}")
-        if isinstance(value, int | float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{where} must be a finite number, got {value!r}")
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 pass
-        raise UserError(f"{name} must be a number, got {value!r}")
+            else:
+                if math.isfinite(out):
+                    return out
+        raise UserError(f"{where} must be a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{name} must be a string, got {value!r}")
+        raise UserError(f"{where} must be a string, got {value!r}")
     return value
 
 
@@ -555,9 +562,9 @@ def build_config(
     for mapping, anchor, origin in ((values, base, where), (overrides, None, "command line")):
         for key, raw in mapping.items():
             try:
-                value = _coerce(key, raw, hints[key])
-            except UserError as exc:
-                raise UserError(f"{origin}: {exc}") from None
+                value = coerce_value(key, raw, hints[key])
+            except UserError as exc:  # say where the value came from, when that says something
+                raise UserError(f"{origin}: {exc}" if origin != "config" else str(exc)) from None
             if key in PATH_FIELDS and isinstance(value, str):
                 value = _resolve_path(key, value, anchor)
             kwargs[key] = value
@@ -571,7 +578,7 @@ def build_config(
     try:
         return TrainConfig(**kwargs)
     except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
+        raise UserError(f"{where}: {exc}" if where != "config" else str(exc)) from None
 
 
 def load_config(
