@@ -261,6 +261,16 @@ def test_downstream_table_when_present():
     rows = rep.downstream["rows"]
     assert {r["suite"] for r in rows} == {"arc-easy"}
     assert {r["run_id"] for r in rows} == set(ids)
+    with_lf = [r for r in rows if r["forgetting_loss"] is not None]  # L_f at that run and step
+    assert len(with_lf) >= 2
+    (per_lf,) = [x for x in rep.downstream["per_lf"] if x["metric"] == with_lf[0]["metric"]]
+    import numpy as np
+
+    same = [r for r in with_lf if r["metric"] == with_lf[0]["metric"]]
+    x = [r["forgetting_loss"] for r in same]
+    y = [r["value"] for r in same]
+    assert per_lf["points"] == len(same)
+    assert per_lf["per_unit_lf"] == pytest.approx(np.polyfit(x, y, 1)[0])  # a straight OLS
     assert analysed("good")[2].downstream is None
 
 

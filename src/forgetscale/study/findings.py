@@ -266,10 +266,21 @@ def forgotten(r: StudyReport) -> str:
     if not d or not d.get("rows"):
         out.append("<p class='note'>No downstream suites in the results store.</p>")
         return "".join(out)
+    per_lf = d.get("per_lf") or []
+    if per_lf:
+        out.append(
+            "<p>How much each suite's metric moves per unit of hard L_f, over every run and "
+            "step (least-squares slope of the metric against L_f at the same run and step):</p>"
+        )
+        out.append(table(["suite", "metric", "points", "change per unit of L_f"], [
+            [esc(x["suite"]), esc(x["metric"]), num_cell(x["points"]), num_cell(x["per_unit_lf"], 4)]
+            for x in per_lf
+        ]))  # fmt: skip
     rows = []
     for x in d["rows"]:
         ci = [x.get("ci_low"), x.get("ci_high")]
         rows.append([esc(x["label"]), esc(x["suite"]), esc(x["metric"]), num_cell(x["step"]),
-                     num_cell(x["value"], 4), ci_cell(ci if ci[0] is not None else None, 3), num_cell(x.get("n"))])  # fmt: skip
-    out.append(table(["run", "suite", "metric", "step", "value", "95% interval", "n"], rows))
+                     num_cell(x.get("forgetting_loss"), 4), num_cell(x["value"], 4),
+                     ci_cell(ci if ci[0] is not None else None, 3), num_cell(x.get("n"))])  # fmt: skip
+    out.append(table(["run", "suite", "metric", "step", "L_f (hard)", "value", "95% interval", "n"], rows))  # fmt: skip
     return "".join(out)

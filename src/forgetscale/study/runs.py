@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from forgetscale.errors import UserError
 from forgetscale.store import DOWNSTREAM_EXPORT_COLUMNS, RunRecord, open_store
 from forgetscale.study.numbers import num
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+    import numpy as np
+import pandas as pd
 
 
 def read_runs(
@@ -51,7 +54,7 @@ def read_runs(
     meas = meas[meas["run_id"].isin(ids)]
     meas = meas.assign(disagreement=1.0 - meas["agreement"])
     runs = _run_entries(records, meas)
-    return runs, meas, _downstream(down, runs)
+    return runs, meas, _downstream(down, runs, meas)
 
 
 def status_warnings(runs: list[dict[str, Any]]) -> list[str]:
@@ -80,17 +83,31 @@ def status_warnings(runs: list[dict[str, Any]]) -> list[str]:
     return warnings
 
 
-def _downstream(down: pd.DataFrame | None, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _downstream(
+    down: pd.DataFrame | None, runs: list[dict[str, Any]], meas: pd.DataFrame
+) -> dict[str, Any] | None:
+    """The downstream rows, each with the hard L_f of its run at its step, and per suite and
+    metric how much it moves per unit of L_f (a least-squares slope over every run and step:
+    what a study reader wants to know of forgetting's cost)."""
     if down is None:
         return None
     labels = {r["run_id"]: r["label"] for r in runs}
     down = down[down["run_id"].isin(labels)]
     if not len(down):
         return None
+    lf = meas[["run_id", "step", "forgetting_loss"]]
+    down = down.merge(lf, on=["run_id", "step"], how="left")
     down = down.sort_values(["run_id", "suite", "metric", "step"], kind="stable")
-    down = down[list(DOWNSTREAM_EXPORT_COLUMNS)].astype(object)
+    per_lf = []
+    for (suite, metric), g in down.groupby(["suite", "metric"], sort=True):
+        g = g.dropna(subset=["value", "forgetting_loss"])
+        x, y = g["forgetting_loss"].to_numpy(float), g["value"].to_numpy(float)
+        slope = float(np.polyfit(x, y, 1)[0]) if len(g) >= 2 and np.ptp(x) > 0 else None
+        per_lf.append({"suite": suite, "metric": metric, "points": len(g), "per_unit_lf": slope})
+    cols = [*DOWNSTREAM_EXPORT_COLUMNS, "forgetting_loss"]
+    down = down[cols].astype(object)
     rows = down.where(down.notna(), None).to_dict(orient="records")
-    return {"rows": [{**row, "label": labels[row["run_id"]]} for row in rows]}
+    return {"rows": [{**row, "label": labels[row["run_id"]]} for row in rows], "per_lf": per_lf}
 
 
 def _run_entries(records: list[RunRecord], meas: pd.DataFrame) -> list[dict[str, Any]]:
