@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from forgetscale.errors import UserError
 from forgetscale.store import DOWNSTREAM_EXPORT_COLUMNS, RunRecord, open_store
 from forgetscale.study.numbers import num
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-import pandas as pd
 
 
 def read_runs(
