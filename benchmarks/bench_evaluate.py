@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import textwrap
 import time
@@ -42,13 +41,9 @@ import torch
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor()
+    from forgetscale.models import cpu_name as name
+
+    return f"{name()} ({os.cpu_count()} cores)"
 
 
 def _sync() -> None:

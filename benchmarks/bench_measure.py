@@ -42,13 +42,9 @@ def _timed(fn) -> float:
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor()
+    from forgetscale.models import cpu_name as name
+
+    return f"{name()} ({os.cpu_count()} cores)"
 
 
 def _sync() -> None:
