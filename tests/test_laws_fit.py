@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from forgetscale.errors import UserError
-from forgetscale.laws import fit_law, load_fit, predict
+from forgetscale.laws import fit_law, get_law, load_fit, predict
 from forgetscale.laws.holdout import compare_laws
 from forgetscale.laws.synthetic import synthetic_runs
 
@@ -59,6 +59,33 @@ def test_kalajdzievski_fit_to_openorca_preset_data():
     mine = predict(fit, params_trained=5e7, step=150)
     for t in fit.targets:
         assert mine[t]["value"][0] == pytest.approx(truth[t]["value"][0], rel=0.01)
+
+
+def test_linear_multiplicative_recovers_both_targets_and_is_linear_in_the_finetune_loss():
+    true = {"E": 1.0, "A": 300.0, "alpha": 0.3, "beta": 0.4, "s_f_ft": 6.0, "c_f_ft": 1.5}
+    df = synthetic_runs(
+        "linear_multiplicative",
+        true,
+        targets=["finetune_loss", "forgetting_loss"],
+        params_trained=P8,
+        steps=STEPS30,
+        noise=0.01,
+        seed=2,
+        runs_per_p=2,
+    )
+    fit = fit_law(df, "linear_multiplicative")  # joint: both targets
+    assert fit.targets == ("finetune_loss", "forgetting_loss")
+    assert fit.converged, fit.message
+    assert not fit.on_bound
+    for name in ("alpha", "beta", "E", "c_f_ft", "s_f_ft"):
+        assert fit.params[name] == pytest.approx(true[name], rel=0.05), name
+    # written out independently: L_f is the line s - c * L_ft through the L_ft law
+    P, N = 3e6, 400.0
+    lft = 1.0 + 300.0 * P**-0.3 * N**-0.4
+    law = get_law("linear_multiplicative")
+    assert law(true, "finetune_loss", params_trained=P, step=N) == pytest.approx(lft, rel=1e-12)
+    lf = law(true, "forgetting_loss", params_trained=P, step=N)
+    assert lf == pytest.approx(6.0 - 1.5 * lft, rel=1e-12)
 
 
 def test_bootstrap_covers_the_true_exponent():

@@ -21,7 +21,13 @@ from forgetscale.laws.synthetic import lora_params, synthetic_runs
 
 
 def test_builtin_laws_and_presets():
-    assert list_laws()[:4] == ["linear", "additive", "multiplicative", "kalajdzievski"]
+    assert list_laws()[:5] == [
+        "linear",
+        "additive",
+        "multiplicative",
+        "kalajdzievski",
+        "linear_multiplicative",
+    ]
     law, consts, source = get_preset("kalajdzievski:openorca")
     assert law.name == "kalajdzievski" and "2401.05605" in source
     assert consts["rho"] == 7.6885 and consts["a_f"] == 388000.0
@@ -66,7 +72,9 @@ def test_openorca_preset_is_plausible_in_the_papers_range():
     assert np.all(np.diff(lf, axis=0) > 0)  # and with P
 
 
-@pytest.mark.parametrize("name", ["linear", "additive", "multiplicative", "kalajdzievski"])
+@pytest.mark.parametrize(
+    "name", ["linear", "additive", "multiplicative", "kalajdzievski", "linear_multiplicative"]
+)
 def test_analytic_jacobian_matches_numeric(name):
     law = get_law(name)
     df = synthetic_runs("kalajdzievski:openorca", noise=0.0)
@@ -145,7 +153,9 @@ USER_LAW_FIRST = textwrap.dedent(
     from forgetscale.laws import fit_law, get_law, list_laws, predict
     from forgetscale.laws.synthetic import synthetic_runs
 
-    assert list_laws() == ["linear", "additive", "multiplicative", "kalajdzievski", "steps_only"]
+    assert list_laws() == [
+        "linear", "additive", "multiplicative", "kalajdzievski", "linear_multiplicative", "steps_only"
+    ]
     assert get_law("additive").formula["forgetting_loss"].startswith("L_f = E - A")
     df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0)
     assert fit_law(df, "additive").r2["forgetting_loss"] > 0.9

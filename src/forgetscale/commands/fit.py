@@ -8,7 +8,7 @@ from pathlib import Path
 from forgetscale.laws.registry import TARGETS
 
 NAME = "fit"
-HELP = "fit a scaling law (linear, additive, multiplicative, kalajdzievski) to measured runs"
+HELP = "fit a scaling law (linear, additive, multiplicative, kalajdzievski, ...) to measured runs"
 DESCRIPTION = """\
 Fit a law to a table of measurements (CSV, parquet, or a results store .db with
 the export columns run_id, params_trained, step, finetune_loss, forgetting_loss,
@@ -23,6 +23,9 @@ laws:
   multiplicative  L = E +/- A P^-alpha N^-beta                         (Zhang et al. 2024)
   kalajdzievski   the paper's joint laws for L_ft and L_f (form reconstructed from
                   its Table 1 constants); fits both targets at once
+  linear_multiplicative
+                  L_ft = E + A P^-alpha N^-beta and L_f = s_f_ft - c_f_ft * L_ft:
+                  Eq. 4 through the L_ft law; fits both targets at once
   (+ for finetune_loss, which falls towards E; - for the forgetting targets
    forgetting_loss, forgetting_loss_soft, kl, disagreement, which rise)
 

@@ -1,4 +1,5 @@
-"""The built-in laws: ``linear``, ``additive``, ``multiplicative``, ``kalajdzievski``.
+"""The built-in laws: ``linear``, ``additive``, ``multiplicative``, ``kalajdzievski``,
+``linear_multiplicative``.
 
 This module only defines them (:data:`BUILTIN_LAWS`); :mod:`forgetscale.laws`
 registers them when it is imported.
@@ -205,6 +206,58 @@ MULTIPLICATIVE = Law(
     grid_fn=_multiplicative_grid,
 )
 
+# ------------------------------------------------------------- linear_multiplicative
+
+
+def _linear_multiplicative(theta, X, target):
+    finetune = _multiplicative(theta, X, FT)
+    if target == FT:
+        return finetune
+    return theta["s_f_ft"] - theta["c_f_ft"] * finetune
+
+
+def _linear_multiplicative_jac(theta, X, target):
+    j = _multiplicative_jac(theta, X, FT)
+    zero = np.zeros_like(X["params_trained"])
+    if target == FT:
+        return {**j, "s_f_ft": zero, "c_f_ft": zero}
+    c = theta["c_f_ft"]
+    j = {k: -c * v for k, v in j.items()}
+    j["s_f_ft"] = np.ones_like(zero)
+    j["c_f_ft"] = -_multiplicative(theta, X, FT)
+    return j
+
+
+def _linear_multiplicative_grid(data, target):
+    grid = _multiplicative_grid(data, FT)
+    linear = _linear_grid(data, F)
+    return {**grid, "s_f_ft": linear["s_f_ft"][:2], "c_f_ft": linear["c_f_ft"][:2]}
+
+
+LINEAR_MULTIPLICATIVE = Law(
+    name="linear_multiplicative",
+    description=(
+        "The paper's Eq. 4 (L_f linear in L_ft) composed with the multiplicative law "
+        "for L_ft, fitted on both targets at once: L_f depends on P and N only through "
+        "the fine-tuning loss, so the smoother L_ft carries the extrapolation."
+    ),
+    params=(
+        *(_POWER_PARAMS[k] for k in ("E", "A", "alpha", "beta")),
+        *LINEAR.params,
+    ),
+    variables=("params_trained", "step"),
+    targets=(FT, F),
+    formula={
+        FT: "L_ft = E + A * P^-alpha * N^-beta",
+        F: "L_f = s_f_ft - c_f_ft * (E + A * P^-alpha * N^-beta)",
+    },
+    predict=_linear_multiplicative,
+    jacobian=_linear_multiplicative_jac,
+    joint=True,
+    min_distinct={"params_trained": 3, "step": 3},
+    grid_fn=_linear_multiplicative_grid,
+)
+
 # --------------------------------------------------------------------- kalajdzievski
 
 
@@ -329,4 +382,10 @@ KALAJDZIEVSKI = Law(
 )
 
 #: The built-in laws, in the order ``forgetscale fit --help`` lists them.
-BUILTIN_LAWS: tuple[Law, ...] = (LINEAR, ADDITIVE, MULTIPLICATIVE, KALAJDZIEVSKI)
+BUILTIN_LAWS: tuple[Law, ...] = (
+    LINEAR,
+    ADDITIVE,
+    MULTIPLICATIVE,
+    KALAJDZIEVSKI,
+    LINEAR_MULTIPLICATIVE,
+)
