@@ -264,3 +264,32 @@ def test_sigkill_of_the_driver_or_a_worker_loses_nothing_and_writes_nothing_twic
         a, b = _rows(store, rid), _rows(workdir / "alone.db", rid)
         print(f"run killed part-way vs uninterrupted: max difference {(a - b).abs().max().max()}")
         _assert_same(a, b)
+
+
+def test_local_executor_builds_the_references_in_its_worker(workdir):
+    from forgetscale.errors import UserError
+    from forgetscale.sweep.executors.local import LocalExecutor, Options
+
+    sweep = load_sweep("sweep.yaml")
+    configs = [run.config for run in sweep.runs]
+    executor = LocalExecutor(Options(workers=1, threads=1), sweep.folder)
+    try:
+        executor.start()
+        lines: list[str] = []
+        executor.build_references(configs, lines.append)
+        # one reference for the four runs, built by the worker process, its log shown here
+        refs = list((sweep.folder / "references").glob("ref-*.safetensors"))
+        assert len(refs) == 1
+        assert sum("reference: building" in line for line in lines) == 1
+        worker = executor.workers[0]
+        assert worker is not None and worker.alive() and worker.proc.pid != os.getpid()
+        # a bad reference is the run's one-line error, raised in the driver
+        (workdir / "not-a-reference.safetensors").write_bytes(b"garbage")
+        bad = configs[0].to_dict() | {"reference": str(workdir / "not-a-reference.safetensors")}
+        from forgetscale.config import build_config
+
+        with pytest.raises(UserError, match="reference"):
+            executor.build_references([build_config(bad)], lines.append)
+        assert worker.alive()  # and the worker is still there for the runs
+    finally:
+        executor.close()

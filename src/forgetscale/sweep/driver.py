@@ -1,4 +1,4 @@
-"""The sweep driver: plan, build the references, dispatch the runs, merge their folders.
+"""The sweep driver: plan, have the references built, dispatch the runs, merge their folders.
 
 The driver is the only process that writes the sweep's results store. Each run trains in
 its own folder ``<sweep folder>/runs/<run id>/`` (see :mod:`forgetscale.sweep.worker`); when
@@ -12,86 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from forgetscale.config import TrainConfig, stable_json
 from forgetscale.errors import UserError
 from forgetscale.sweep import worker as W
 from forgetscale.sweep.executors import Executor, Finished, RunTask, get_executor
 from forgetscale.sweep.options import executor_options
 from forgetscale.sweep.spec import Sweep, SweepRun
 from forgetscale.sweep.status import DONE, RunState, collect_states, dry_run, format_duration
-
-# ------------------------------------------------------------------------------------------
-# references: built once, before dispatch
-
-
-def _reference_key(config: TrainConfig) -> str:
-    return stable_json(
-        {
-            k: getattr(config, k)
-            for k in (
-                "model",
-                "adapter",
-                "dtype",
-                "trust_remote_code",
-                "device",
-                "forgetting_data",
-                "text_field",
-                "forgetting_block_size",
-                "block_size",
-                "forgetting_max_tokens",
-                "reference_top_k",
-                "reference",
-                "reference_dir",
-            )
-        }
-        | {"block": config.forgetting_block_size or config.block_size}
-    )
-
-
-def build_references(configs: list[TrainConfig], log: Callable[[str], None]) -> list[Path]:
-    """Find or build the reference cache of each distinct base model x forgetting setting among
-    ``configs``, exactly as each run would (the same lookup, the same path), so that every run
-    finds it ready. The base model is loaded once per (model, adapter, dtype)."""
-    import torch
-
-    from forgetscale.models import apply_adapter, load_model, resolve_device
-
-    # the run's own lookup: one place, shared with forgetscale train
-    from forgetscale.training.run import reference_for_config as reference_for_run
-
-    groups: dict[str, TrainConfig] = {}
-    for config in configs:
-        groups.setdefault(_reference_key(config), config)
-    by_model: dict[tuple, list[TrainConfig]] = {}
-    for config in groups.values():
-        key = (config.model, config.adapter, config.dtype, config.trust_remote_code, config.device)
-        by_model.setdefault(key, []).append(config)
-    paths = []
-    for (model_spec, adapter, dtype, trust, device), group in by_model.items():
-        loaded = load_model(
-            model_spec, dtype=dtype, trust_remote_code=trust, device=resolve_device(device)
-        )
-        model, name = loaded.model, model_spec
-        if adapter:
-            model = apply_adapter(model, adapter).merge_and_unload()
-            name = f"{model_spec}+{adapter}"
-        for config in group:
-            _, path = reference_for_run(config, model, loaded.tokenizer, name, log)
-            paths.append(Path(path))
-        del model, loaded
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return paths
-
 
 # ------------------------------------------------------------------------------------------
 # the driver
@@ -209,7 +142,7 @@ class Driver:
                     f"sweep {sweep.name}: {len(todo)} of {len(states)} runs to do "
                     f"({sum(s.measurements > 0 for s in todo)} resume); {executor.describe()}"
                 )
-                build_references([s.run.config for s in todo], self.log)
+                executor.build_references([s.run.config for s in todo], self.log)
                 self.dispatch(executor, store, states, todo)
             except BaseException as exc:
                 executor.cancel_all()
@@ -345,7 +278,6 @@ def run_sweep(
 __all__ = [
     "Driver",
     "RunState",
-    "build_references",
     "collect_states",
     "dry_run",
     "executor_options",

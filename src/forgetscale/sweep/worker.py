@@ -17,7 +17,8 @@ resumes it.
 Run it as ``python -m forgetscale.sweep.worker RUN_DIR`` or call :func:`run_folder`.
 ``python -m forgetscale.sweep.worker --serve`` is the local executor's long-lived worker:
 it reads one run folder per line on stdin and answers each with its status as one JSON line
-on stdout (so torch and transformers are imported once per worker, not once per run).
+on stdout (so torch and transformers are imported once per worker, not once per run); a
+``{"references": [config, ...]}`` line has it build the sweep's references first.
 """
 
 from __future__ import annotations
@@ -233,6 +234,27 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _build_references(configs: list[dict[str, Any]], answers) -> dict[str, Any]:
+    """Build the sweep's references here (the local executor asks its first worker, which has
+    torch loaded already); each log line goes back to the driver as ``{"log": ...}``."""
+    from forgetscale.config import build_config
+    from forgetscale.sweep.references import build_references
+
+    def log(message: str) -> None:
+        answers.write(json.dumps({"log": message}) + "\n")
+
+    from forgetscale.errors import UserError
+
+    try:
+        build_references([build_config(c) for c in configs], log)
+    except UserError as exc:  # bad input: one line, as the driver would have said it
+        return {"references": "failed", "message": str(exc), "user_error": True}
+    except Exception as exc:  # noqa: BLE001 - answered; the driver stops the sweep
+        sys.stderr.write(traceback.format_exc())
+        return {"references": "failed", "message": f"{type(exc).__name__}: {exc}"}
+    return {"references": "ready"}
+
+
 def serve(threads: int | None = None) -> int:
     """The local executor's worker: one run folder per stdin line, one JSON status line back.
 
@@ -253,7 +275,11 @@ def serve(threads: int | None = None) -> int:
         line = line.strip()
         if not line:
             continue
-        run_dir = Path(json.loads(line)["run_dir"])
+        request = json.loads(line)
+        if "references" in request:
+            answers.write(json.dumps(_build_references(request["references"], answers)) + "\n")
+            continue
+        run_dir = Path(request["run_dir"])
         with (run_dir / LOG).open("a") as log_file:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(log_file.fileno(), 1)

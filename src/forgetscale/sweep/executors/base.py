@@ -1,7 +1,7 @@
 """The executor interface: how a sweep's runs get somewhere to run.
 
-The driver (``forgetscale.sweep.driver``) owns the sweep: it expands the grid, builds the
-reference cache once, writes one folder per run and merges finished folders into the
+The driver (``forgetscale.sweep.driver``) owns the sweep: it expands the grid, has the
+reference caches built once (:meth:`Executor.build_references`), writes one folder per run and merges finished folders into the
 sweep's results store. An executor only starts the worker for a run folder somewhere (a
 local process, a Ray task, a Slurm job), tells the driver when it has stopped, and can
 cancel it. It never reads or writes the results store, and it never decides whether a
@@ -20,9 +20,13 @@ Adding an executor is one module in this package that defines a subclass of
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from forgetscale.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,14 @@ class Executor(abc.ABC):
     def start(self) -> None:  # noqa: B027 - optional
         """Called once before the driver builds the references and dispatches: start what
         takes a while (worker processes, a cluster connection) so it overlaps that work."""
+
+    def build_references(self, configs: list[TrainConfig], log: Callable[[str], None]) -> None:
+        """Find or build the reference cache of every run in ``configs`` before any run is
+        submitted (:func:`forgetscale.sweep.references.build_references`). By default in the
+        driver's own process; an executor with a worker at hand may do it there instead."""
+        from forgetscale.sweep.references import build_references
+
+        build_references(configs, log)
 
     @abc.abstractmethod
     def submit(self, task: RunTask) -> None:

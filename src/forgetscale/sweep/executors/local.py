@@ -139,10 +139,43 @@ class LocalExecutor(Executor):
         self.submitted = 0
 
     def start(self) -> None:
-        """Start the workers now: their imports overlap with the driver's reference build."""
+        """Start the workers now: their imports overlap with the driver's planning."""
         for i, w in enumerate(self.workers):
             if w is None:
                 self._start(i)
+
+    def build_references(self, configs, log) -> None:
+        """Build the references in the first worker (torch is loaded there already, and on a
+        machine with GPUs it sees one), with its log lines shown by the driver."""
+        worker = self.workers[0] if self.workers[0] is not None else self._start(0)
+        assert worker.proc.stdin is not None
+        request = {"references": [c.to_dict() for c in configs]}
+        try:
+            worker.proc.stdin.write(json.dumps(request) + "\n")
+            worker.proc.stdin.flush()
+        except OSError:
+            pass  # the worker is gone: its end of the answers says so below
+        while True:
+            who, answer = self.answers.get()
+            if who is not worker:  # pragma: no cover - no run is submitted yet
+                continue
+            if answer is None:
+                rc = worker.proc.wait()
+                raise RuntimeError(
+                    f"the local worker building the reference stopped (exit code {rc}); "
+                    f"see {worker.log_path}"
+                )
+            if "log" in answer:
+                log(answer["log"])
+            elif answer.get("references") == "ready":
+                return
+            elif answer.get("user_error"):
+                raise UserError(answer["message"])
+            else:
+                raise RuntimeError(
+                    f"building the reference failed: {answer.get('message')} "
+                    f"(traceback in {worker.log_path})"
+                )
 
     def describe(self) -> str:
         gpu = ""
