@@ -246,3 +246,26 @@ def test_bootstrap_over_one_run_gives_no_interval_and_says_why():
     assert any("only 1 run" in n for n in fit.notes)
     two = fit_law(df[df.run_id.isin(["p2", "p3"])], "linear", n_boot=20, workers=1)
     assert set(two.ci) == {"s_f_ft", "c_f_ft"} and not any("only 1 run" in n for n in two.notes)
+
+
+def test_an_asymptote_negligible_beside_the_losses_is_reported_on_its_bound():
+    # a pure power law (no floor): an optimiser may stop with E anywhere near its lower bound
+    # (the study's L_ft fit stopped at E = 1.17e-4 of a bound 1e-4, with a bootstrap interval
+    # as narrow as the optimiser's tolerance); such a fit cannot be told from one with E on
+    # the bound, and is reported so, while parameters the data pin down are not
+    from forgetscale.laws.fitting import flat_towards_bound
+    from forgetscale.laws.objective import Objective
+
+    law = get_law("multiplicative")
+    true = {"E": 1e-9, "A": 4.3, "alpha": 0.004, "beta": 0.02}
+    df = synthetic_runs(
+        law.name, true, targets=["finetune_loss"], params_trained=P8, steps=STEPS30, noise=0.003
+    )
+    X = {v: df[v].to_numpy(float) for v in law.variables}
+    obj = Objective(law, ("finetune_loss",), X, {"finetune_loss": df["finetune_loss"].to_numpy()})
+    z = obj.to_z(true | {"E": 1.17e-4})
+    assert flat_towards_bound(obj, z, []) == ["E"]
+    assert flat_towards_bound(obj, z, ["E"]) == []
+    # an asymptote that carries weight is not flagged
+    z = obj.to_z(true | {"E": 1.0, "A": 3.3})
+    assert "E" not in flat_towards_bound(obj, z, [])

@@ -239,6 +239,31 @@ def resolve_fit_targets(law: Law, target: str | None) -> tuple[str, ...]:
     return (target or law.targets[0],)
 
 
+#: A parameter whose move to its nearest bound changes the objective by at most this share
+#: is reported as on that bound (see :func:`flat_towards_bound`).
+FLAT_TOLERANCE = 1e-4
+
+
+def flat_towards_bound(obj: Objective, z: np.ndarray, flagged: Sequence[str]) -> list[str]:
+    """Parameters (not yet in ``flagged``) that stopped short of a bound only because the
+    objective is flat towards it: an asymptote E that is negligible beside the losses ends
+    anywhere near its lower bound, with a bootstrap interval as narrow as the optimiser's
+    tolerance. Moved onto its nearest bound, such a parameter changes the objective by at most
+    :data:`FLAT_TOLERANCE` of its value: the fit cannot tell it from one on the bound, and it is
+    reported as on the bound (a finding about the data, not a result)."""
+    f_best = obj.value(z)
+    out = []
+    for i, name in enumerate(obj.law.param_names):
+        if name in flagged:
+            continue
+        moved = np.array(z, dtype=float)
+        lo, hi = obj.zlower[i], obj.zupper[i]
+        moved[i] = lo if z[i] - lo <= hi - z[i] else hi
+        if obj.value(moved) - f_best <= FLAT_TOLERANCE * abs(f_best):
+            out.append(name)
+    return out
+
+
 def fit_data(
     law: Law,
     targets: Sequence[str],
@@ -318,6 +343,7 @@ def fit_data(
         for p, zi, lo, hi, s in zip(law.param_names, z, obj.zlower, obj.zupper, span, strict=True)
         if zi - lo <= 1e-5 * s or hi - zi <= 1e-5 * s
     ]
+    on_bound += flat_towards_bound(obj, z, on_bound)
     values_nat = obj.from_z(z)
     params = {p: float(v) for p, v in zip(law.param_names, values_nat, strict=True)}
     info = {
