@@ -41,7 +41,7 @@ import torch
 
 
 def cpu_name() -> str:
-    from forgetscale.models import cpu_name as name
+    from forgetscale.environment import cpu_name as name
 
     return f"{name()} ({os.cpu_count()} cores)"
 

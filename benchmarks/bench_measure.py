@@ -42,7 +42,7 @@ def _timed(fn) -> float:
 
 
 def cpu_name() -> str:
-    from forgetscale.models import cpu_name as name
+    from forgetscale.environment import cpu_name as name
 
     return f"{name()} ({os.cpu_count()} cores)"
 

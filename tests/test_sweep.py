@@ -293,3 +293,18 @@ def test_local_executor_builds_the_references_in_its_worker(workdir):
         assert worker.alive()  # and the worker is still there for the runs
     finally:
         executor.close()
+
+
+def test_the_driver_and_the_store_import_no_torch():
+    # the driver plans, dispatches and merges; torch loads in the workers only (a sweep's
+    # fixed cost is then one torch import, as for a loop of runs in one process)
+    code = (
+        "import sys, forgetscale.cli, forgetscale.commands.sweep, forgetscale.sweep.driver, "
+        "forgetscale.sweep.executors.local, forgetscale.store\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+    )
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr

@@ -435,30 +435,3 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         else:
             p_non_embedding += n
     return ParameterCount(p_non_embedding, p_embedding, p_head, p_trainable, p_total)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that can change a run's numbers."""
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in ("forgetscale", "torch", "transformers", "peft", "safetensors", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), for reports and benchmarks."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

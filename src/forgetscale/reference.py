@@ -38,11 +38,11 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from forgetscale.environment import library_versions
 from forgetscale.errors import UserError
 from forgetscale.models import (
     dtype_name,
     evaluation_mode,
-    library_versions,
     max_context,
     output_vocab_size,
     tokenizer_fingerprint,

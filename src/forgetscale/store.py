@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forgetscale.environment import library_versions
 from forgetscale.errors import UserError
-from forgetscale.models import library_versions
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
