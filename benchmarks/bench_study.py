@@ -77,7 +77,8 @@ def main() -> int:
     rows = [(name, parts.get(name, 0.0)) for name in (
         "setup", "steps", "eval_finetune", "eval_forgetting", "eval_other", "checkpoints",
         "downstream")] + [("analysis + report", analysis), ("driver (reference, start-up)", other)]  # fmt: skip
-    print(f"study {args.study} ({len(report['runs'])} runs) in {out}: {wall:.1f} s wall")
+    name = report["study"].get("name") or args.study
+    print(f"study {name} ({len(report['runs'])} runs) in {out}: {wall:.1f} s wall")
     for name, seconds in rows:
         print(f"  {name:<30} {seconds:8.1f} s  {100 * seconds / wall:5.1f}%")
     evaluation = parts.get("eval_finetune", 0) + parts.get("eval_forgetting", 0) + parts.get("eval_other", 0)  # fmt: skip

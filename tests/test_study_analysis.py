@@ -136,7 +136,15 @@ def test_recovers_the_true_laws_with_small_held_out_errors():
 def test_ranking_is_by_held_out_runs_error():
     _, _, rep = analysed("good")
     ranking = rep.ranking["forgetting_loss"]
-    assert [r["position"] for r in ranking] == [1, 2, 3]
+    # every law the default analysis fits to L_f: linear, multiplicative, the two jointly
+    # (linear_multiplicative) and additive
+    assert [r["position"] for r in ranking] == [1, 2, 3, 4]
+    assert {r["law"] for r in ranking} == {
+        "linear",
+        "multiplicative",
+        "linear_multiplicative",
+        "additive",
+    }
     assert all(r["ranked_by"] == "held-out runs" for r in ranking)
     rmse = [r["rmse"] for r in ranking]
     assert rmse == sorted(rmse)

@@ -40,11 +40,18 @@ def test_a_study_runs_writes_its_report_and_a_rerun_only_reanalyses(workdir, cap
     assert "<img" in html.read_text()
     n = len(read_measurements(workdir / "study" / "results.db"))
     assert n == 4 * 7
+    wall = report["study"]["runs_wall_s"]
+    assert wall > 0
     # a finished study only re-analyses; --analyse-only skips the runs explicitly
     assert main(["study", "study.yaml", "--no-progress"]) == 0
     assert "all 4 runs are already finished" in capsys.readouterr().out
+    wall = json.loads(data.read_text())["study"]["runs_wall_s"]  # + the check that all finished
     assert main(["study", "study.yaml", "--analyse-only"]) == 0
     assert len(read_measurements(workdir / "study" / "results.db")) == n
+    # the re-analysis keeps what the runs took, and says how to reproduce the whole study
+    again = json.loads(data.read_text())["study"]
+    assert again["runs_wall_s"] == wall
+    assert again["command"] == "forgetscale study study.yaml"
 
 
 def test_out_moves_the_study_and_notes_reach_the_report(workdir, capsys):
@@ -90,4 +97,4 @@ def test_the_built_in_studies_are_valid(workdir, capsys):
     for name in ("default", "quick"):
         assert main(["study", name, "--dry-run", "--out", "x"]) == 0
     out = capsys.readouterr().out
-    assert "sweep default: 8 runs" in out and "sweep quick: 4 runs" in out
+    assert "sweep default: 6 runs" in out and "sweep quick: 4 runs" in out

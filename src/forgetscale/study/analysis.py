@@ -159,7 +159,7 @@ def analyse(
         config=config.to_dict(),
         runs=runs,
         warnings=warnings,
-        checks=checks(laws, noise),
+        checks=checks(laws, noise, config.min_step),
         laws=laws,
         ranking=ranking,
         best=best,

@@ -20,20 +20,23 @@ from forgetscale.study.numbers import fmt, num
 
 
 def checks(
-    laws: Mapping[str, list[dict[str, Any]]], noise: Mapping[str, Any]
+    laws: Mapping[str, list[dict[str, Any]]], noise: Mapping[str, Any], min_step: int = 1
 ) -> list[dict[str, Any]]:
-    """The criteria, measured on the fitted ``laws`` and the ``noise`` floor."""
+    """The criteria, measured on the fitted ``laws`` (from ``min_step`` on) and the ``noise``
+    floor."""
     out = []
     lin = next((e for e in laws.get("forgetting_loss", []) if e["law"] == "linear"), None)
     if lin is not None:
         r2 = num(lin.get("r2"))
+        detail = f"R^2 = {fmt(r2, 4)}"
+        every = num(lin.get("r2_every_step"))
+        if every is not None:
+            detail += f" from step {min_step} (over every step from 1: {fmt(every, 4)})"
         out.append(
             {
                 "name": f"linear law L_f(L_ft) with R^2 >= {LINEAR_R2}",
                 "passed": None if r2 is None else r2 >= LINEAR_R2,
-                "detail": f"R^2 = {fmt(r2, 4)}"
-                if lin["status"] == "ok"
-                else f"not fitted: {lin['error']}",
+                "detail": detail if lin["status"] == "ok" else f"not fitted: {lin['error']}",
             }
         )
     good, details = [], []

@@ -15,7 +15,7 @@ from forgetscale.errors import UserError
 
 #: Laws fitted per target when the study file names none.
 DEFAULT_LAWS: dict[str, list[str]] = {
-    "forgetting_loss": ["linear", "multiplicative", "additive"],
+    "forgetting_loss": ["linear", "multiplicative", "linear_multiplicative", "additive"],
     "finetune_loss": ["multiplicative", "additive"],
     "forgetting_loss_soft": ["multiplicative"],
 }
@@ -59,7 +59,8 @@ class AnalysisConfig:
     laws: dict[str, list[str]] = _cfg(
         help="laws to fit per target: {target: [law, ...]}. Targets: forgetting_loss, "
         "forgetting_loss_soft, finetune_loss, kl, disagreement; laws: linear (L_f as a "
-        "function of L_ft), multiplicative, additive, kalajdzievski (joint L_ft and L_f)",
+        "function of L_ft), multiplicative, additive, linear_multiplicative (joint: L_f linear in a "
+        "multiplicative L_ft), kalajdzievski (joint L_ft and L_f)",
         factory=lambda: {k: list(v) for k, v in DEFAULT_LAWS.items()},
     )
     min_step: int = _cfg(

@@ -137,6 +137,14 @@ def _fit_one(
         identified=bool(fit.converged and not fit.on_bound),
         notes=list(fit.notes),
     )
+    if not spec.power_law and config.min_step > 1:
+        # a law without N (L_f against L_ft) over every step as well: beside the window the
+        # power laws need, the reader sees how much of its R^2 is the range of L_ft it spans
+        try:
+            every = fit_law(df, law, None if spec.joint else target, min_step=1, n_boot=0)
+            entry["r2_every_step"] = every.r2.get(target)
+        except UserError:
+            pass
     for key, scheme, active in (
         ("held_out_runs", "runs", config.holdout_runs > 0),
         ("held_out_steps", "steps", config.holdout_steps > 0),

@@ -136,7 +136,7 @@ def _machine() -> dict[str, Any]:
 
     import torch
 
-    from forgetscale.models import cpu_name
+    from forgetscale.environment import cpu_name
 
     cpu = cpu_name()
     gpus = (
@@ -169,7 +169,7 @@ def run_study(
 
     ``sweep`` and ``analysis`` come from :func:`load_study`.
     """
-    from forgetscale.models import library_versions
+    from forgetscale.environment import library_versions
     from forgetscale.study.analysis import analyse
     from forgetscale.study.report import write_report
     from forgetscale.sweep.driver import run_sweep
@@ -183,7 +183,14 @@ def run_study(
             raise UserError(f"--analyse-only: no results store at {sweep.store} (run the study)")
     else:
         code = run_sweep(sweep, executor=executor, flags=flags, err=err, progress=progress)
-    t_runs = time.perf_counter() - t0
+    # the runs' wall time over every invocation: what earlier reports in this folder recorded
+    # plus this one's (none with --analyse-only, next to none when all runs were finished)
+    earlier = ((read_json(sweep.folder / "report.json") or {}).get("study") or {}).get(
+        "runs_wall_s"
+    )
+    t_runs: float | None = None if analyse_only else time.perf_counter() - t0
+    if isinstance(earlier, (int, float)):
+        t_runs = earlier + (t_runs or 0.0)
     run_ids = [run.run_id for run in sweep.runs]
     adapters = {
         run.run_id: str(sweep.run_dir(run.run_id) / "adapter")
@@ -207,10 +214,14 @@ def run_study(
         study={
             "name": sweep.name,
             "file": str(sweep.path.resolve()),
-            "command": shlex.join(command) if command else None,
+            # the command that reproduces the study: with --analyse-only it would only re-read
+            # the store, without it the runs are run (or found finished) and then analysed
+            "command": shlex.join([c for c in command if c != "--analyse-only"])
+            if command
+            else None,
             "machine": _machine(),
             "versions": library_versions(),
-            "runs_wall_s": None if analyse_only else round(t_runs, 1),
+            "runs_wall_s": None if t_runs is None else round(t_runs, 1),
             "run_time_s": run_time or None,
             "store": str(sweep.store),
             "notes": notes_of(sweep),

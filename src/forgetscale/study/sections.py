@@ -157,9 +157,14 @@ def what_was_run(r: StudyReport) -> str:
     )
     # machine, versions, wall times: what the study passed in, else the runs' records
     kv = []
+    words = {
+        "runs_wall_s": "runs' wall time (s, every invocation)",
+        "run_time_s": "where the runs' time went (s, summed over runs)",
+    }
     for key, value in study.items():
-        if key in ("command", "notes"):
+        if key in ("command", "notes") or value is None:
             continue
+        key = words.get(key, key)
         if isinstance(value, Mapping):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif isinstance(value, (list, tuple)):
