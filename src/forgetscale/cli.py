@@ -86,13 +86,15 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    # read when transformers is imported (commands that never load a model, such as a sweep's
+    # driver, then never import it); transformers' progress bars are the hub's
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (the CLI called from Python)
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

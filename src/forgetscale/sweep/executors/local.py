@@ -60,10 +60,17 @@ class Options:
 
 
 def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries.
+
+    torch is asked only where a GPU driver is loaded (the NVIDIA driver's /proc entry, ROCm's
+    /dev/kfd): on a Linux machine with neither there is no GPU to find, and the driver process
+    of a sweep, which never needs torch, does not pay for importing it."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    drivers = (Path("/proc/driver/nvidia"), Path("/dev/kfd"))
+    if sys.platform.startswith("linux") and not any(p.exists() for p in drivers):
+        return []
     try:
         import torch
 
