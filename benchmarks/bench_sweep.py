@@ -217,12 +217,12 @@ def main() -> int:
                 f"{(wall - loop_wall) / n_runs:+.2f} s wall per run)"
             )
             if name == "local":
-                per_run = (cpu - loop_cpu - start_cpu) / n_runs
+                per_run = (cpu - loop_cpu) / n_runs
                 print(
-                    f"    of which starting the worker process (imports, once per worker): "
-                    f"{start_cpu:.1f} s CPU; the rest (the driver's model load for the reference, "
-                    f"dispatch, run folders, merges), per run: {per_run:+.2f} s CPU = "
-                    f"{100 * per_run * n_runs / loop_cpu:+.1f}%"
+                    f"    the worker imports torch, transformers and PEFT once ({start_cpu:.1f} s "
+                    f"CPU), as the loop's own process does; the driver imports neither. What the "
+                    f"sweep adds per run (dispatch, run folder, merge, progress): "
+                    f"{per_run:+.2f} s CPU = {100 * per_run * n_runs / loop_cpu:+.1f}%"
                 )
         return 0
     finally:
