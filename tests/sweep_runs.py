@@ -162,3 +162,10 @@ def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def config_of(task: RunTask):
+    """The run's TrainConfig, from its spec.json."""
+    from forgetscale.config import build_config
+
+    return build_config(json.loads((task.run_dir / "spec.json").read_text())["config"])

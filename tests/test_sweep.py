@@ -276,7 +276,7 @@ def test_local_executor_builds_the_references_in_its_worker(workdir):
     try:
         executor.start()
         lines: list[str] = []
-        executor.build_references(configs, lines.append)
+        executor.build_references(configs, sweep.resources, lines.append)
         # one reference for the four runs, built by the worker process, its log shown here
         refs = list((sweep.folder / "references").glob("ref-*.safetensors"))
         assert len(refs) == 1
@@ -289,7 +289,7 @@ def test_local_executor_builds_the_references_in_its_worker(workdir):
         from forgetscale.config import build_config
 
         with pytest.raises(UserError, match="reference"):
-            executor.build_references([build_config(bad)], lines.append)
+            executor.build_references([build_config(bad)], sweep.resources, lines.append)
         assert worker.alive()  # and the worker is still there for the runs
     finally:
         executor.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sweep_runs import (
     checkpoint_steps,
+    config_of,
     copy_run,
     make_inputs,
     make_run,
@@ -31,6 +32,7 @@ ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "forg
 from forgetscale.errors import UserError  # noqa: E402
 from forgetscale.sweep.executors import get_executor  # noqa: E402
 from forgetscale.sweep.executors._remote import WORKER_FILE  # noqa: E402
+from forgetscale.sweep.executors.base import Resources  # noqa: E402
 from forgetscale.sweep.worker import run_folder  # noqa: E402
 
 RayExecutor = get_executor("ray")
@@ -179,11 +181,15 @@ def test_local_ray_runs_four_runs_like_local_workers(tmp_path, sweep_inputs):
     runs = [make_run(tmp_path / "ray", sweep_inputs, f"rank={r}-seed={s}", rank=r, seed=s)
             for r in (2, 4) for s in (0, 1)]  # fmt: skip
     local = copy_run(runs[0], tmp_path / "local")
-    run_folder(local.run_dir, threads=1)  # builds the shared reference, as the driver does
 
     executor = RayExecutor(RayExecutor.Options(num_cpus=2), tmp_path)
     try:
         assert "local, 2 CPUs" in executor.describe()
+        # the shared reference, built in a Ray task with the runs' resources (not the driver)
+        lines: list[str] = []
+        executor.build_references([config_of(r) for r in runs], Resources(), lines.append)
+        assert sum("reference: building" in line for line in lines) == 1
+        assert len(list(sweep_inputs.references.glob("ref-*.safetensors"))) == 1
         for run in runs:
             executor.submit(run)
         assert executor.pending() == 4
@@ -197,6 +203,7 @@ def test_local_ray_runs_four_runs_like_local_workers(tmp_path, sweep_inputs):
     for run in runs:
         assert status(run)["status"] == "finished"
         assert (run.run_dir / WORKER_FILE).is_file()
+    run_folder(local.run_dir, threads=1)  # finds the reference the Ray task built
     diff = max_difference(local, runs[0])
     print(f"ray vs local run_folder: max abs difference {diff}")
     assert diff <= 1e-5

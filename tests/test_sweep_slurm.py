@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sweep_runs import (
     checkpoint_steps,
+    config_of,
     copy_run,
     make_inputs,
     make_run,
@@ -37,6 +38,7 @@ pytest.importorskip(
 from forgetscale.errors import UserError  # noqa: E402
 from forgetscale.sweep.executors import get_executor  # noqa: E402
 from forgetscale.sweep.executors._remote import WORKER_FILE  # noqa: E402
+from forgetscale.sweep.executors.base import Resources  # noqa: E402
 from forgetscale.sweep.worker import run_folder  # noqa: E402
 
 SlurmExecutor = get_executor("slurm")
@@ -105,10 +107,15 @@ def test_four_runs_as_one_array_match_local_runs(tmp_path, sweep_inputs, slurm):
     runs = [make_run(tmp_path / "slurm", sweep_inputs, f"rank={r}-seed={s}", rank=r, seed=s)
             for r in (2, 4) for s in (0, 1)]  # fmt: skip
     local = [copy_run(run, tmp_path / "local") for run in runs]
-    run_folder(local[0].run_dir, threads=1)  # builds the shared reference, as the driver does
 
     executor = SlurmExecutor(_options(array_parallelism=2), tmp_path)
     assert "partition debug" in executor.describe()
+    # the shared reference, built in one Slurm job with the runs' resources (not the driver)
+    lines: list[str] = []
+    executor.build_references([config_of(r) for r in runs], Resources(), lines.append)
+    assert "Slurm job" in lines[0]
+    assert sum("reference: building" in line for line in lines) == 1
+    assert len(list(sweep_inputs.references.glob("ref-*.safetensors"))) == 1
     for run in runs:
         executor.submit(run)
     assert executor.pending() == 4
@@ -128,7 +135,7 @@ def test_four_runs_as_one_array_match_local_runs(tmp_path, sweep_inputs, slurm):
     for run in runs:
         assert status(run)["status"] == "finished"
         assert json.loads((run.run_dir / WORKER_FILE).read_text())["starts"] == 1
-    for loc in local[1:]:
+    for loc in local:  # they find the reference the Slurm job built
         run_folder(loc.run_dir, threads=1)
     diffs = [max_difference(loc, run) for run, loc in zip(runs, local, strict=True)]
     print(f"slurm vs local run_folder: max abs difference {max(diffs)}")
@@ -368,3 +375,15 @@ def test_sacct_lines_are_read_per_array_task():
         "17_0": "RUNNING",
         "18_1": "COMPLETED",
     }
+
+
+def test_a_bad_reference_is_the_one_line_the_reference_job_answered(tmp_path, sweep_inputs, slurm):
+    from forgetscale.config import build_config
+
+    run = make_run(tmp_path / "bad", sweep_inputs, "rank=2", rank=2)
+    garbage = tmp_path / "not-a-reference.safetensors"
+    garbage.write_bytes(b"garbage")
+    config = build_config(config_of(run).to_dict() | {"reference": str(garbage)})
+    executor = SlurmExecutor(_options(), tmp_path)
+    with pytest.raises(UserError, match="not-a-reference"):
+        executor.build_references([config], Resources(), lambda line: None)

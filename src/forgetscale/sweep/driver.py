@@ -142,7 +142,7 @@ class Driver:
                     f"sweep {sweep.name}: {len(todo)} of {len(states)} runs to do "
                     f"({sum(s.measurements > 0 for s in todo)} resume); {executor.describe()}"
                 )
-                executor.build_references([s.run.config for s in todo], self.log)
+                executor.build_references([s.run.config for s in todo], sweep.resources, self.log)
                 self.dispatch(executor, store, states, todo)
             except BaseException as exc:
                 executor.cancel_all()

@@ -5,15 +5,18 @@ forgetting corpus (docs/design.md, "The forgetting loss"). The runs that share a
 and a forgetting setting share one reference file; :func:`build_references` finds or builds
 each of them with the run's own lookup (:func:`forgetscale.training.run.reference_for_config`),
 so that every run finds its reference ready. The executor decides where this happens
-(:meth:`forgetscale.sweep.executors.base.Executor.build_references`): in the driver, or in a
-worker that has torch loaded already.
+(:meth:`forgetscale.sweep.executors.base.Executor.build_references`): in the driver, or where
+the runs run (the local executor's first worker, a Ray task, a Slurm job), which calls
+:func:`build_here` with the configs as plain data and sends back its answer.
 """
 
 from __future__ import annotations
 
 import gc
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from forgetscale.config import TrainConfig, stable_json
 
@@ -78,3 +81,52 @@ def build_references(configs: list[TrainConfig], log: Callable[[str], None]) -> 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return paths
+
+
+def build_here(
+    configs: list[dict[str, Any]],
+    *,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Build the references of ``configs`` (``TrainConfig.to_dict()`` each) in this process, for
+    a driver elsewhere: never raises; the answer says ``references`` ``ready`` or ``failed`` (with
+    ``message``, and ``user_error`` for bad input the driver shows as one line) and carries the
+    log ``lines``, each also passed to ``log`` as it comes."""
+    from forgetscale.config import build_config
+    from forgetscale.errors import UserError
+
+    lines: list[str] = []
+
+    def emit(message: str) -> None:
+        lines.append(message)
+        if log is not None:
+            log(message)
+        else:
+            print(message, flush=True)
+
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        build_references([build_config(c) for c in configs], emit)
+    except UserError as exc:
+        return {"references": "failed", "message": str(exc), "user_error": True, "lines": lines}
+    except Exception as exc:  # noqa: BLE001 - answered; the driver stops the sweep
+        print(traceback.format_exc(), flush=True)
+        message = f"{type(exc).__name__}: {exc}"
+        return {"references": "failed", "message": message, "lines": lines}
+    return {"references": "ready", "lines": lines}
+
+
+def check_answer(answer: dict[str, Any], where: str) -> None:
+    """Raise what a remote :func:`build_here` answered, if it failed: bad input as the one-line
+    :class:`~forgetscale.errors.UserError` it was, anything else with ``where`` to look."""
+    from forgetscale.errors import UserError
+
+    if answer.get("references") == "ready":
+        return
+    if answer.get("user_error"):
+        raise UserError(answer["message"])
+    raise RuntimeError(f"building the reference failed: {answer.get('message')} ({where})")

@@ -235,27 +235,6 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _build_references(configs: list[dict[str, Any]], answers) -> dict[str, Any]:
-    """Build the sweep's references here (the local executor asks its first worker, which has
-    torch loaded already); each log line goes back to the driver as ``{"log": ...}``."""
-    from forgetscale.config import build_config
-    from forgetscale.sweep.references import build_references
-
-    def log(message: str) -> None:
-        answers.write(json.dumps({"log": message}) + "\n")
-
-    from forgetscale.errors import UserError
-
-    try:
-        build_references([build_config(c) for c in configs], log)
-    except UserError as exc:  # bad input: one line, as the driver would have said it
-        return {"references": "failed", "message": str(exc), "user_error": True}
-    except Exception as exc:  # noqa: BLE001 - answered; the driver stops the sweep
-        sys.stderr.write(traceback.format_exc())
-        return {"references": "failed", "message": f"{type(exc).__name__}: {exc}"}
-    return {"references": "ready"}
-
-
 def serve(threads: int | None = None) -> int:
     """The local executor's worker: one run folder per stdin line, one JSON status line back.
 
@@ -282,8 +261,14 @@ def serve(threads: int | None = None) -> int:
         if not line:
             continue
         request = json.loads(line)
-        if "references" in request:
-            answers.write(json.dumps(_build_references(request["references"], answers)) + "\n")
+        if "references" in request:  # the sweep's references, before any run
+            from forgetscale.sweep.references import build_here
+
+            def log(message: str) -> None:
+                answers.write(json.dumps({"log": message}) + "\n")
+
+            answer = build_here(request["references"], threads=threads, log=log)
+            answers.write(json.dumps({**answer, "lines": []}) + "\n")  # lines sent already
             continue
         run_dir = Path(request["run_dir"])
         with (run_dir / LOG).open("a") as log_file:

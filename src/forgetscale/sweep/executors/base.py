@@ -89,10 +89,13 @@ class Executor(abc.ABC):
         """Called once before the driver builds the references and dispatches: start what
         takes a while (worker processes, a cluster connection) so it overlaps that work."""
 
-    def build_references(self, configs: list[TrainConfig], log: Callable[[str], None]) -> None:
+    def build_references(
+        self, configs: list[TrainConfig], resources: Resources, log: Callable[[str], None]
+    ) -> None:
         """Find or build the reference cache of every run in ``configs`` before any run is
         submitted (:func:`forgetscale.sweep.references.build_references`). By default in the
-        driver's own process; an executor with a worker at hand may do it there instead."""
+        driver's own process; an executor may do it where the runs run, with the runs'
+        ``resources`` (:func:`forgetscale.sweep.references.build_here` there)."""
         from forgetscale.sweep.references import build_references
 
         build_references(configs, log)

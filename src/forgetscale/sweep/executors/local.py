@@ -151,9 +151,11 @@ class LocalExecutor(Executor):
             if w is None:
                 self._start(i)
 
-    def build_references(self, configs, log) -> None:
+    def build_references(self, configs, resources, log) -> None:
         """Build the references in the first worker (torch is loaded there already, and on a
         machine with GPUs it sees one), with its log lines shown by the driver."""
+        from forgetscale.sweep.references import check_answer
+
         worker = self.workers[0] if self.workers[0] is not None else self._start(0)
         assert worker.proc.stdin is not None
         request = {"references": [c.to_dict() for c in configs]}
@@ -174,15 +176,9 @@ class LocalExecutor(Executor):
                 )
             if "log" in answer:
                 log(answer["log"])
-            elif answer.get("references") == "ready":
-                return
-            elif answer.get("user_error"):
-                raise UserError(answer["message"])
             else:
-                raise RuntimeError(
-                    f"building the reference failed: {answer.get('message')} "
-                    f"(traceback in {worker.log_path})"
-                )
+                check_answer(answer, f"traceback in {worker.log_path}")
+                return
 
     def describe(self) -> str:
         gpu = ""

@@ -29,7 +29,7 @@ from forgetscale.sweep.executors._remote import (
     note_worker,
     source_path,
 )
-from forgetscale.sweep.executors.base import Executor, Finished, RunTask
+from forgetscale.sweep.executors.base import Executor, Finished, Resources, RunTask
 from forgetscale.sweep.worker import LOG
 
 INSTALL = 'the ray executor needs Ray: pip install "forgetscale[ray]"'
@@ -118,6 +118,13 @@ def _run_task(run_dir: str, threads: int | None) -> dict[str, Any]:
 
     note_worker(run_dir, "ray", node_ip=_node_ip())
     return run_folder(run_dir, threads=threads)
+
+
+def _reference_task(configs: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
+    """The body of the Ray task that builds a sweep's references where its runs run."""
+    from forgetscale.sweep.references import build_here
+
+    return build_here(configs, threads=threads)
 
 
 def _node_ip() -> str | None:
@@ -233,8 +240,8 @@ class RayExecutor(Executor):
             self._remote = self._ray.remote(_run_task)
         return self._remote
 
-    def submit(self, task: RunTask) -> None:
-        r = task.resources
+    def _task_options(self, r: Resources, name: str) -> dict[str, Any]:
+        """Ray options of a task with the runs' resources (checked against a local Ray)."""
         if self._started_local:
             res = self._ray.cluster_resources()
             for what, need, have in (
@@ -250,10 +257,37 @@ class RayExecutor(Executor):
             num_gpus=r.gpus,
             max_retries=self.options.max_retries,
             retry_exceptions=False,
-            name=f"forgetscale {task.label or task.run_id}",
+            name=name,
         )
         if r.memory_gb:
             opts["memory"] = int(r.memory_gb * 1024**3)
+        return opts
+
+    def build_references(self, configs, resources, log) -> None:
+        """Build the references in a Ray task with the runs' resources (on a GPU node when the
+        runs ask for GPUs), not in the driver."""
+        from forgetscale.sweep.references import check_answer
+
+        opts = self._task_options(resources, "forgetscale references")
+        threads = self.options.threads or resources.cpus
+        task = self._ray.remote(_reference_task).options(**opts)
+        ref = task.remote([c.to_dict() for c in configs], threads)
+        try:
+            answer = self._ray.get(ref)
+        except self._ray.exceptions.RayError as exc:
+            raise RuntimeError(
+                f"the Ray task building the reference failed: {_why(exc, self.options.max_retries)}"
+            ) from None
+        except BaseException:
+            self._ray.cancel(ref, force=True)
+            raise
+        for line in answer.get("lines", []):
+            log(line)
+        check_answer(answer, "the task's traceback is in the Ray worker logs")
+
+    def submit(self, task: RunTask) -> None:
+        r = task.resources
+        opts = self._task_options(r, f"forgetscale {task.label or task.run_id}")
         threads = self.options.threads or r.cpus
         ref = self._task_function().options(**opts).remote(str(task.run_dir), threads)
         self._refs[ref] = task

@@ -166,6 +166,20 @@ class SlurmOptions:
             raise UserError(f"slurm setup must be a list of shell lines, got {self.setup!r}")
 
 
+class SlurmReferences:
+    """What the Slurm job that builds a sweep's references runs (on a compute node, with the
+    runs' resources, not on the login node the driver runs on)."""
+
+    def __init__(self, configs: list[dict[str, Any]], threads: int | None = None):
+        self.configs = configs
+        self.threads = threads
+
+    def __call__(self) -> dict[str, Any]:
+        from forgetscale.sweep.references import build_here
+
+        return build_here(self.configs, threads=self.threads)
+
+
 class SlurmRun(_Checkpointable):
     """What a Slurm job runs: train one run folder (resuming from its checkpoint).
 
@@ -340,6 +354,33 @@ class SlurmExecutor(Executor):
             lines.append(f"export PYTHONPATH={shlex.quote(src)}${{PYTHONPATH:+:$PYTHONPATH}}")
         lines.append(f"export OMP_NUM_THREADS={cpus} MKL_NUM_THREADS={cpus}")
         return lines
+
+    def build_references(self, configs, resources, log) -> None:
+        """Build the references in one Slurm job with the runs' resources, and wait for it."""
+        from submitit.core.utils import FailedJobError, FailedSubmissionError, UncompletedJobError
+
+        from forgetscale.sweep.references import check_answer
+
+        ex, cpus = self._executor(resources)
+        try:
+            job = ex.submit(SlurmReferences([c.to_dict() for c in configs], cpus))
+        except (FailedSubmissionError, FailedJobError, subprocess.CalledProcessError) as exc:
+            raise UserError(f"sbatch refused the jobs: {_sbatch_error(exc)}") from None
+        log(f"reference: finding or building it in Slurm job {job.job_id} (log {job.paths.stdout})")
+        try:
+            answer = job.result()
+        except (FailedJobError, UncompletedJobError) as exc:
+            first = _first_line(str(exc)) or type(exc).__name__
+            raise RuntimeError(
+                f"Slurm job {job.job_id} building the reference failed: {first} "
+                f"(log {job.paths.stdout})"
+            ) from None
+        except BaseException:
+            job.cancel(check=False)
+            raise
+        for line in answer.get("lines", []):
+            log(line)
+        check_answer(answer, f"log {job.paths.stdout}")
 
     def _flush(self) -> None:
         """Submit the buffered runs: one job array per distinct set of resources."""
