@@ -158,13 +158,19 @@ def _sweep_cmd(*extra: str) -> list[str]:
 
 
 def _mid_runs(sweep) -> list:
-    """Runs part-way: a checkpoint in their folder and no verdict yet."""
+    """Runs part-way: a finished checkpoint after at least one update in their folder, and no
+    verdict yet (the folder's other files, its owner marker or a checkpoint being written,
+    appear before the run has measured anything)."""
+
+    def updated(folder: Path) -> bool:
+        return folder.is_dir() and any(
+            p.name.startswith("step-") and int(p.name[5:]) >= 1 for p in folder.iterdir()
+        )
+
     return [
         r
         for r in sweep.runs
-        if (r.run_dir / "checkpoints").is_dir()
-        and any((r.run_dir / "checkpoints").iterdir())
-        and not (r.run_dir / "status.json").exists()
+        if updated(r.run_dir / "checkpoints") and not (r.run_dir / "status.json").exists()
     ]
 
 
