@@ -25,27 +25,16 @@ report.html (self-contained, opens from disk) and report.json (every number).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from forgetscale.sweep.executors import EXECUTORS
+    from forgetscale.commands.sweep import add_run_arguments
 
     parser.add_argument(
         "study", nargs="?", help="study file, or a built-in study: default (the default), quick"
     )
     parser.add_argument("--out", help="folder for the store, the runs and the report")
-    parser.add_argument("--executor", choices=list(EXECUTORS), help="where the runs run")
-    parser.add_argument("--workers", type=int, help="local executor: worker processes")
     parser.add_argument(
         "--analyse-only", action="store_true", help="skip the runs; analyse what is in the store"
     )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the runs (P, status, time left) and exit"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "overrides",
-        nargs=argparse.REMAINDER,
-        metavar="--key=value",
-        help="train config overrides for every run, and --EXECUTOR-OPTION=value",
-    )
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,9 +40,17 @@ OWN_FLAGS = ("--dry-run", "--executor", "--workers", "--no-progress")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", help="sweep file (YAML)")
+    add_run_arguments(parser)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that runs a sweep (``sweep``, ``study``): the executor, the dry
+    run, local workers, the progress bar, config overrides, and the executors' own options
+    listed when help is asked for. Read back by :func:`take_own_flags` and
+    :func:`load_from_args`."""
     from forgetscale.sweep.executors import EXECUTORS
 
-    parser.add_argument("sweep", help="sweep file (YAML)")
     parser.add_argument(
         "--executor",
         choices=list(EXECUTORS),
