@@ -8,6 +8,7 @@ import pytest
 
 from forgetscale.config import (
     TrainConfig,
+    build_config,
     evaluation_schedule,
     load_config,
     parse_overrides,
@@ -230,3 +231,16 @@ def test_a_config_is_validated_at_construction():
 
     with pytest.raises(UserError, match="rank must be positive"):
         TrainConfig(task_data="shakespeare", rank=0)
+
+
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("task_data: shakespeare\nlearning_rate: 1e-4\nlearning_rate: 1e-2\n")
+    with pytest.raises(UserError, match=r"duplicate key 'learning_rate' \(line 3\)"):
+        load_config(p)
+
+
+def test_an_empty_target_module_list_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="target_modules is empty"):
+        build_config({"task_data": "shakespeare", "target_modules": []})

@@ -1,4 +1,4 @@
-"""Run configurations: dataclasses, YAML files and ``--key=value`` overrides.
+"""The train config: one fine-tuning run (``forgetscale train``), its YAML file and overrides.
 
 A training run is described by one :class:`TrainConfig`. It comes from a YAML
 file (flat ``key: value`` pairs), overridden by ``--key=value`` arguments on the
@@ -18,18 +18,25 @@ change a run's identity, while changing the learning rate does.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
-import json
-import math
-import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgetscale.config.fields import (
+    check_field_values,
+    check_known,
+    coerce_value,
+    config_field,
+    fields_help,
+    parse_overrides,
+    read_yaml_file,
+    stable_json,
+)
 from forgetscale.errors import UserError
+
+_f = config_field
 
 METHODS = ("lora", "ia3", "top-layers", "full")
 TARGET_PRESETS = ("attention", "mlp", "all-linear")
@@ -78,34 +85,6 @@ PATH_FIELDS = frozenset(
         "adapter",
     }
 )
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its help text; ``kw`` may hold ``choices`` and numeric bounds
-    (``gt``, ``ge``, ``lt``, ``le``) that every value (each item of a list) must meet."""
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-def _check_bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
-    """Numbers must be finite and inside the field's bounds (each item of a list)."""
-    items = value if isinstance(value, list) else [value]
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if not math.isfinite(v):
-            raise UserError(f"{name} must be a finite number, got {v}")
-        for key, ok, words in (
-            ("gt", lambda a, b: a > b, "greater than"),
-            ("ge", lambda a, b: a >= b, "at least"),
-            ("lt", lambda a, b: a < b, "less than"),
-            ("le", lambda a, b: a <= b, "at most"),
-        ):
-            if key in meta and not ok(v, meta[key]):
-                positive = (key, meta[key]) in (("gt", 0), ("ge", 1))
-                need = "positive" if positive else f"{words} {meta[key]:g}"
-                raise UserError(f"{name} must be {need}, got {v:g}")
 
 
 @dataclass
@@ -283,12 +262,7 @@ class TrainConfig:
         """Validate at construction: a TrainConfig that exists is a valid one."""
         if not self.task_data:
             raise UserError("task_data is required (a file, folder, embedded corpus or hf:NAME)")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise UserError(f"{f.name}={value!r} is not one of: {', '.join(choices)}")
-            _check_bounds(f.name, value, f.metadata)
+        check_field_values(self)
         if self.batch_size % self.grad_accumulation:
             raise UserError(
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accumulation "
@@ -300,7 +274,9 @@ class TrainConfig:
             bad = [s for s in self.eval_steps if s > self.max_steps]
             if bad:
                 raise UserError(f"eval_steps {bad} outside 0..max_steps ({self.max_steps})")
-        if isinstance(self.target_modules, str) and not self.target_modules.strip():
+        if not self.target_modules or (
+            isinstance(self.target_modules, str) and not self.target_modules.strip()
+        ):
             raise UserError("target_modules is empty")
         self.downstream_config()  # checks the block's keys, suites and steps
 
@@ -375,138 +351,12 @@ def evaluation_schedule(
 # loading, overrides, hashing
 
 
-def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def coerce_value(where: str, value: Any, tp: Any) -> Any:
-    """``value`` (from YAML or a parsed command-line string) as the type ``tp``; a value of the
-    wrong type is one :class:`UserError` naming ``where`` (a key, ``grid.rank[1]``)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        errors = []
-        for arg in args:
-            try:
-                return coerce_value(where, value, arg)
-            except UserError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin in (list, tuple):
-        (item,) = typing.get_args(tp)[:1] or (Any,)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        items = [coerce_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.lower() in (
-            "true",
-            "yes",
-            "on",
-            "1",
-            "false",
-            "no",
-            "off",
-            "0",
-        ):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UserError(f"{where} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UserError(f"{where} must be a finite number, got {value!r}")
-            return float(value)
-        if isinstance(value, str):
-            try:
-                out = float(value)
-            except ValueError:
-                pass
-            else:
-                if math.isfinite(out):
-                    return out
-        raise UserError(f"{where} must be a finite number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"{where} must be a string, got {value!r}")
-    return value
-
-
 def _check_known(keys: typing.Iterable[str], where: str) -> None:
-    known = _fields()
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"unknown config key {key!r} in {where}{hint}")
-
-
-def _parse_scalar(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
-    """Parse ``--key=value`` / ``key=value`` strings (values read as YAML scalars or lists).
-
-    ``--key value`` pairs are accepted too. Dashes in keys become underscores.
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    items = list(items)
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--") and "=" not in item:
-            raise UserError(f"expected --key=value, got {item!r}")
-        body = item[2:] if item.startswith("--") else item
-        if "=" in body:
-            key, text = body.split("=", 1)
-        else:
-            if i + 1 >= len(items) or items[i + 1].startswith("--"):
-                # a bare flag: --gradient_checkpointing means true
-                key, text = body, "true"
-            else:
-                key, text = body, items[i + 1]
-                i += 1
-        key = key.strip().replace("-", "_")
-        if not key:
-            raise UserError(f"empty key in override {item!r}")
-        out[key] = _parse_scalar(text)
-        i += 1
-    return out
+    check_known(keys, [f.name for f in dataclasses.fields(TrainConfig)], where)
 
 
 OUTPUT_PATH_FIELDS = frozenset({"store", "reference_dir", "checkpoint_dir", "output_dir"})
@@ -585,33 +435,15 @@ def load_config(
     path: str | Path | None = None, overrides: typing.Sequence[str] | dict[str, Any] = ()
 ) -> TrainConfig:
     """Read a YAML config file and apply ``--key=value`` overrides."""
-    import yaml
-
     values: dict[str, Any] = {}
     base_dir = None
     where = "config"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"{path} is not a text (YAML) config file") from None
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            at = f" (line {line + 1})" if line is not None else ""
-            raise UserError(f"{path} is not valid YAML{at}") from None
-        values = loaded or {}
-        base_dir = p.resolve().parent
+        values = read_yaml_file(path) or {}
+        base_dir = Path(path).resolve().parent
         where = str(path)
     ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     return build_config(values, overrides=ov, base_dir=base_dir, where=where)
-
-
-def stable_json(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no whitespace, floats in repr form."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def run_id(config: TrainConfig) -> str:
@@ -621,10 +453,4 @@ def run_id(config: TrainConfig) -> str:
 
 def config_help() -> str:
     """Every config key with its type, default and help text (for ``--help-config``)."""
-    hints = _hints()
-    lines = []
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        tp = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        lines.append(f"  {f.name} ({tp}, default {default!r})\n      {f.metadata['help']}")
-    return "\n".join(lines)
+    return fields_help(TrainConfig)

@@ -1,0 +1,63 @@
+"""Configs: the shared field/YAML/override machinery (:mod:`.fields`) and the train config
+(:mod:`.train`). Names are re-exported here so that ``from forgetscale.config import
+TrainConfig`` keeps working."""
+
+from forgetscale.config.fields import (
+    check_bounds,
+    check_field_values,
+    check_known,
+    coerce_value,
+    config_field,
+    fields_help,
+    parse_overrides,
+    parse_scalar,
+    read_yaml_file,
+    stable_json,
+)
+from forgetscale.config.train import (
+    DTYPES,
+    LATER_KEYS,
+    METHODS,
+    NON_RESULT_FIELDS,
+    OPTIMIZERS,
+    OUTPUT_PATH_FIELDS,
+    PATH_FIELDS,
+    SCHEDULES,
+    TARGET_PRESETS,
+    TASK_FORMATS,
+    TrainConfig,
+    build_config,
+    config_help,
+    evaluation_schedule,
+    load_config,
+    run_id,
+)
+
+__all__ = [
+    "DTYPES",
+    "LATER_KEYS",
+    "METHODS",
+    "NON_RESULT_FIELDS",
+    "OPTIMIZERS",
+    "OUTPUT_PATH_FIELDS",
+    "PATH_FIELDS",
+    "SCHEDULES",
+    "TARGET_PRESETS",
+    "TASK_FORMATS",
+    "TrainConfig",
+    "build_config",
+    "check_bounds",
+    "check_field_values",
+    "check_known",
+    "coerce_value",
+    "config_field",
+    "config_help",
+    "evaluation_schedule",
+    "fields_help",
+    "load_config",
+    "parse_overrides",
+    "parse_scalar",
+    "read_yaml_file",
+    "run_id",
+    "stable_json",
+]
