@@ -88,6 +88,43 @@ def test_bad_study_files_are_one_line(workdir, capsys, text, message):
     assert not (workdir / "study").exists()
 
 
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ("{bootstrap: 1}", r"analysis\.bootstrap must be 0 \(no intervals\) or at least 2"),
+        ("{bootstrap: 1000000000}", r"analysis\.bootstrap must be at most 100000, got 1000000000"),
+        ("{bootstrap: 2.5}", r"analysis\.bootstrap must be an integer"),
+        ("{bootstrap: true}", r"analysis\.bootstrap must be an integer"),
+        ("{min_step: abc}", r"analysis\.min_step must be an integer"),
+        ("{min_step: 100}", r"analysis\.min_step: 100 is past every run's last step \(6\)"),
+        ("{holdout_runs: 4}", r"analysis\.holdout_runs: .* none of the study's 4 runs"),
+        ("{holdout_steps: 1.5}", r"analysis\.holdout_steps must be less than 1"),
+        ("{seed: -1}", r"analysis\.seed must be at least 0"),
+        ("{predict_ranks: 4}", r"analysis\.predict_ranks must be a list"),
+        ("{predict_ranks: [0]}", r"analysis\.predict_ranks must be positive"),
+        ("{laws: {kl: [nope]}}", r"analysis\.laws\.kl: unknown law 'nope'"),
+        ("{laws: {kl: [3]}}", r"analysis\.laws\.kl: law names are strings"),
+        ("{laws: {bogus: [linear]}}", r"analysis\.laws: unknown target 'bogus'"),
+        ("{laws: {finetune_loss: [linear]}}", r"law 'linear' predicts forgetting_loss"),
+        ("{bootstrapp: 8}", r"analysis: unknown key\(s\) bootstrapp; .*did you mean bootstrap"),
+        ("[1]", r"analysis: a mapping"),
+    ],
+)
+def test_dry_run_checks_the_analysis_block_before_any_run(workdir, capsys, block, message):
+    """A bad analysis: block is refused when the study file is read (--dry-run included),
+    not after the sweep has trained, and never by a command-line flag the user did not set."""
+    import re
+
+    text = STUDY[: STUDY.index("analysis:")] + f"analysis: {block}\n"
+    (workdir / "study.yaml").write_text(text)
+    for argv in (["study", "study.yaml", "--dry-run"], ["study", "study.yaml", "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]), err
+        assert "--bootstrap" not in err[0]
+        assert not (workdir / "study").exists()
+
+
 def test_a_missing_study_file_names_the_built_in_studies(workdir, capsys):
     assert main(["study", "nope.yaml"]) == 2
     assert "built-in study: default, quick" in capsys.readouterr().err

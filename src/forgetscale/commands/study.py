@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     sweep, flags = load_from_args(
         args, study_file(args.study), rest, extra_keys=EXTRA_KEYS, store=store
     )
-    notes_of(sweep)  # checked before anything runs
+    notes_of(sweep)  # checked before anything runs, --dry-run included
+    analysis = analysis_of(sweep)
     if args.dry_run:
         from forgetscale.sweep.options import executor_options
         from forgetscale.sweep.status import dry_run
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     outcome = run_study(
         sweep,
-        analysis_of(sweep),
+        analysis,
         flags=flags,
         analyse_only=args.analyse_only,
         progress=not args.no_progress,

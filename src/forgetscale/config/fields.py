@@ -11,6 +11,7 @@ duplicate keys rather than silently taking the last.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -32,8 +33,9 @@ def config_field(default: Any, help: str, **kw: Any) -> Any:
     (``gt``, ``ge``, ``lt``, ``le``) that every value (each item of a list) must meet."""
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    if isinstance(default, dict):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
-
 
 
 def check_bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
@@ -52,18 +54,66 @@ def check_bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
         ):
             if key in meta and not ok(v, meta[key]):
                 positive = (key, meta[key]) in (("gt", 0), ("ge", 1))
-                need = "positive" if positive else f"{words} {meta[key]:g}"
-                raise UserError(f"{name} must be {need}, got {v:g}")
+                need = "positive" if positive else f"{words} {_number(meta[key])}"
+                raise UserError(f"{name} must be {need}, got {_number(v)}")
 
 
-def check_field_values(obj: Any) -> None:
-    """Every field of the config dataclass ``obj``: its ``choices`` and numeric bounds."""
+def _number(v: float) -> str:
+    """An integer as written (100000, not 1e+05), a float in its short form."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
+def check_field_values(obj: Any, where: str | None = None) -> None:
+    """Every field of the config dataclass ``obj``: its ``choices`` and numeric bounds.
+
+    An error names the field as ``where.name`` when ``where`` (a block of a file, such as
+    ``analysis``) is given, else by the field's ``flag`` metadata (``--min-step (min_step)``)
+    when it has one, else by its name."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        name = field_name(f, where)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise UserError(f"{f.name}={value!r} is not one of: {', '.join(map(str, choices))}")
-        check_bounds(f.name, value, f.metadata)
+            raise UserError(f"{name}={value!r} is not one of: {', '.join(map(str, choices))}")
+        check_bounds(name, value, f.metadata)
+
+
+def field_name(f: dataclasses.Field, where: str | None = None) -> str:
+    """How an error names the field ``f``: ``where.name``, ``--flag (name)`` or ``name``."""
+    if where:
+        return f"{where}.{f.name}"
+    flag = f.metadata.get("flag")
+    return f"{flag} ({f.name})" if flag else f.name
+
+
+def config_from_mapping(cls: type, values: Any, where: str) -> Any:
+    """The config dataclass ``cls`` from a mapping read from a file (a block ``where`` of it):
+    an unknown key is refused naming the closest known ones, each value is typed by its
+    field (:func:`coerce_value`; a list field takes a YAML list, not a string), then the
+    class checks itself. Every problem is one :class:`UserError` naming ``where.key``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise UserError(f"{where}: give a mapping of keys ({', '.join(names)}), got {values!r}")
+    unknown = [str(k) for k in values if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(names)}{hint}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        tp = hints[key]
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        options = typing.get_args(tp) if union else (tp,)
+        listy = any(typing.get_origin(a) in (list, tuple) for a in options)
+        if isinstance(value, str) and listy and str not in options:
+            raise UserError(f"{where}.{key} must be a list, got {value!r}")
+        kwargs[key] = coerce_value(f"{where}.{key}", value, tp)
+    return cls(**kwargs)
 
 
 def coerce_value(where: str, value: Any, tp: Any) -> Any:
@@ -244,3 +294,8 @@ def fields_help(cls: type) -> str:
         tp = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
         lines.append(f"  {f.name} ({tp}, default {default!r})\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def fields_help_dict(cls: type) -> dict[str, str]:
+    """Each field of the config dataclass ``cls`` and its help line."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -97,9 +97,22 @@ def analysis_of(sweep: Any) -> Any:
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{sweep.path}: analysis: a mapping of analysis keys")
     try:
-        return AnalysisConfig.from_dict(raw or {})
+        config = AnalysisConfig.from_dict(raw or {})
     except UserError as exc:
         raise UserError(f"{sweep.path}: {exc}") from None
+    runs = len(sweep.runs)
+    if config.holdout_runs >= runs:
+        raise UserError(
+            f"{sweep.path}: analysis.holdout_runs: holding out the runs of the "
+            f"{config.holdout_runs} largest P leaves none of the study's {runs} runs to fit on"
+        )
+    last = max(run.config.max_steps for run in sweep.runs)
+    if config.min_step > last:
+        raise UserError(
+            f"{sweep.path}: analysis.min_step: {config.min_step} is past every run's last "
+            f"step ({last}): no step would be fitted"
+        )
+    return config
 
 
 def notes_of(sweep: Any) -> list[str]:
