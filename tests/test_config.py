@@ -244,3 +244,52 @@ def test_an_empty_target_module_list_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="target_modules is empty"):
         build_config({"task_data": "shakespeare", "target_modules": []})
+
+
+@pytest.mark.parametrize(
+    "files, argv",
+    [
+        (
+            {"s.yaml": "grid: {rank: [1, 2]}\ngrid: {rank: [4]}\nbase: {task_data: x}\n"},
+            ["sweep", "s.yaml", "--dry-run"],
+        ),
+        (
+            {
+                "s.yaml": "base: b.yaml\ngrid: {rank: [1, 2]}\n",
+                "b.yaml": "task_data: shakespeare\nrank: 2\nrank: 4\n",
+            },
+            ["sweep", "s.yaml", "--dry-run"],
+        ),
+        (
+            {
+                "s.yaml": "base: {task_data: shakespeare}\ngrid: {rank: [1, 2]}\n"
+                "analysis: {bootstrap: 0, bootstrap: 8}\n"
+            },
+            ["study", "s.yaml", "--dry-run"],
+        ),
+        (
+            {
+                "t.yaml": "task_data: shakespeare\ndownstream: {suites: [probe], suites: [refusal]}\n"
+            },
+            ["train", "t.yaml"],
+        ),
+    ],
+)
+def test_every_yaml_file_refuses_a_key_given_twice(tmp_path, monkeypatch, capsys, files, argv):
+    """Sweep files, their base configs, study files and a config's downstream: block are all
+    read by read_yaml_file: a key given twice is one line, nothing is written."""
+    from forgetscale.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "duplicate key" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
+
+
+def test_a_folder_given_as_a_yaml_file_says_so(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    with pytest.raises(UserError, match="is a folder; give the config file's path"):
+        load_config(tmp_path / "cfg")

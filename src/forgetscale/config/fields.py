@@ -241,16 +241,19 @@ def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def read_yaml_file(path: str | Path, *, what: str = "config") -> Any:
-    """The YAML document in ``path``; a missing file, a file that is not text, invalid YAML
-    or a key given twice in one mapping is one :class:`UserError`."""
+def read_yaml_file(path: str | Path, *, what: str = "config file") -> Any:
+    """The YAML document in ``path`` (``what`` names it in errors: ``sweep file``); a missing
+    file, a folder, a file that is not text, invalid YAML or a key given twice in one mapping
+    is one :class:`UserError`. Every YAML file forgetscale reads is read here."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path} is a folder; give the {what}'s path")
     if not p.is_file():
-        raise UserError(f"{what} file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text (YAML) {what} file") from None
+        raise UserError(f"{path} is not a text (YAML) file: it is not UTF-8") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:

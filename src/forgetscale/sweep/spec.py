@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgetscale.config import PATH_FIELDS, TrainConfig, build_config
+from forgetscale.config import PATH_FIELDS, TrainConfig, build_config, read_yaml_file
 from forgetscale.errors import UserError
 from forgetscale.sweep.executors.base import Resources
 from forgetscale.sweep.options import _close, coerce_dataclass
@@ -143,23 +143,6 @@ def _anchor_paths(values: dict[str, Any], folder: Path) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path, what: str) -> Any:
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"{what} {path} cannot be read as text ({type(exc).__name__})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" (line {line + 1})" if line is not None else ""
-        raise UserError(f"{what} {path} is not valid YAML{at}") from None
-
-
 def _check_train_keys(values: dict[str, Any], where: str, *, owned_ok: bool = False) -> None:
     known = _train_keys()
     for key in values:
@@ -203,7 +186,7 @@ def load_sweep(
     ``analysis:``); they are returned as written in :attr:`Sweep.extra`."""
     path = Path(path)
     where = str(path)
-    raw = _read_yaml(path, "sweep file")
+    raw = read_yaml_file(path, what="sweep file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -227,7 +210,7 @@ def load_sweep(
         if not base_path.is_absolute():
             base_path = folder / base_path if (folder / base_path).exists() else base_path
         try:
-            loaded = _read_yaml(base_path, "base config")
+            loaded = read_yaml_file(base_path, what="base config")
         except UserError as exc:
             raise UserError(f"{where}: base: {exc}") from None
         if loaded is None:
