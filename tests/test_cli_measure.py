@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -345,8 +346,10 @@ def test_a_base_model_with_non_finite_outputs_builds_no_reference(
     out = tmp_path / "r.safetensors"
     argv = ["reference", "--model", str(nan_model_dir), "--data", str(general_jsonl),
             "--block-size", "64", "--top-k", "4", "--no-progress", "--out", str(out)]  # fmt: skip
-    one_line_error(capsys, argv, "the base model's outputs are not finite")
+    err = one_line_error(capsys, argv, "the base model's outputs are not finite")
     assert os.listdir(tmp_path) == []
+    # every position is broken, and each is counted once: "on N of N positions"
+    assert re.search(r"not finite on (\d+) of \1 positions", err), err
 
 
 def test_measure_json_is_strict_json(tiny_model_dir, tiny_lora_dir, tiny_reference, capsys):

@@ -336,3 +336,44 @@ def test_base_key_is_the_same_with_the_adapter_on(tiny_model_dir, tiny_lora_dir)
     assert base_fingerprint(alone.model, alone.tokenizer) != base_fingerprint(
         wrapped.model, wrapped.tokenizer
     )
+
+
+@pytest.fixture(scope="module")
+def nan_head_model_dir(tiny_model_dir, tmp_path_factory):
+    """A copy of the tiny model whose output head is NaN: every logit is NaN."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("nan-head") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(folder / "model.safetensors")
+    state["lm_head.weight"][:] = float("nan")
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize(
+    "suite, match",
+    [
+        ("mc", r"the model's scores are not finite on (\d+) of \1 choices"),
+        ("probe", r"the model's scores are not finite on (\d+) of \1 choices"),
+        ("refusal", r"the model's outputs are not finite on (\d+) of \1 generation steps"),
+    ],
+)
+def test_a_model_with_nan_logits_is_refused_not_scored(
+    nan_head_model_dir, tiny_model_dir, questions_file, tmp_path, capsys, suite, match
+):
+    """All-NaN logits would score every choice alike (acc 0.5, agreement 1.0, 'within noise')
+    and decode token 0 forever: refused as measure refuses them, nothing written."""
+    import re
+
+    spec = f"mc:{questions_file}" if suite == "mc" else suite
+    out = tmp_path / "e.json"
+    argv = ["evaluate", "--model", str(nan_head_model_dir), "--base", str(tiny_model_dir),
+            "--suite", spec, "--limit", "4", "--no-progress", "--no-cache", "--out", str(out)]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+    assert not out.exists()

@@ -443,7 +443,8 @@ def build_reference(
             for name, value in stats.items():
                 out[name][start : start + batch.shape[0]] = value.cpu()
             bar.update(batch.shape[0] * positions)
-    broken = sum(int((~torch.isfinite(out[name])).sum()) for name in ("target_logprob", "entropy"))
+    # a position is broken when either of its statistics is (each position counted once)
+    broken = int((~(torch.isfinite(out["target_logprob"]) & torch.isfinite(out["entropy"]))).sum())
     if broken:
         raise UserError(
             f"the base model's outputs are not finite on {broken} of {n_blocks * positions} "

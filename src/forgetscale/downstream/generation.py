@@ -78,6 +78,7 @@ def generate(
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
+    watch = _FiniteLogits()
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
@@ -99,7 +100,14 @@ def generate(
                 pad_token_id=pad_id,
                 eos_token_id=_stop_ids(model, tokenizer),
                 use_cache=True,
+                logits_processor=[watch],
             )
+            if watch.broken:
+                raise UserError(
+                    f"the model's outputs are not finite on {watch.broken} of {watch.seen} "
+                    "generation steps: its weights may be broken, or bfloat16 may overflow "
+                    "(try --dtype float32)"
+                )
             for row, i in enumerate(batch):
                 answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
             bar.update(len(batch))
@@ -107,6 +115,20 @@ def generate(
         bar.close()
         model.train(was_training)
     return answers
+
+
+class _FiniteLogits:
+    """A logits processor that changes nothing and counts the next-token distributions
+    holding a value that is not finite (greedy decoding would silently pick token 0)."""
+
+    def __init__(self) -> None:
+        self.broken = 0
+        self.seen = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.seen += scores.shape[0]
+        self.broken += int((~torch.isfinite(scores)).any(-1).sum())
+        return scores
 
 
 def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:

@@ -17,6 +17,7 @@ pass plus four short continuation passes instead of four full passes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,7 +141,14 @@ def loglikelihoods(
     finally:
         bar.close()
         model.train(was_training)
-    return [r for r in results if r is not None]
+    scores = [r for r in results if r is not None]
+    broken = sum(not math.isfinite(score) for score, _ in scores)
+    if broken:
+        raise UserError(
+            f"the model's scores are not finite on {broken} of {len(scores)} choices: its "
+            "weights may be broken, or bfloat16 may overflow (try --dtype float32)"
+        )
+    return scores
 
 
 def _score_chunk(
