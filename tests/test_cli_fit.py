@@ -445,3 +445,51 @@ def test_fit_target_disagreement_from_the_agreement_column(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["target"] == "disagreement" and d["r2"] > 0.95
     assert d["params"]["E"] == pytest.approx(0.3, rel=0.05)
+
+
+def _one_run_or_two(tmp_path):
+    """Tables where rows of one run_id cannot be one run, each with the words of its refusal."""
+    good = _good()
+    differ = pd.concat([good, good.iloc[[3]].assign(forgetting_loss=9.0)])
+    p_moves = good.copy()
+    p_moves.loc[2, "params_trained"] = good.params_trained.iloc[2] + 1
+    fractional = good.astype({"step": float})
+    fractional.loc[4, "step"] = 20.5
+    p0 = good[good.run_id == "p0"]
+    shared = pd.concat([good.assign(tokens_seen=good.step * 64),
+                        p0.assign(step=p0.step + 1, tokens_seen=(p0.step + 1) * 8)])  # fmt: skip
+    return {
+        "two values at one step": (differ, "run 'p0' has two rows for step 40 with different "
+                                   "values (forgetting_loss"),
+        "P changes within a run": (p_moves, "run 'p0' has 2 values of params_trained"),
+        "fractional steps": (fractional, "column step has fractional values (e.g. 20.5"),
+        "two runs share an id": (shared, "run 'p0': tokens_seen falls from"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["fit", "compare"])
+def test_rows_that_cannot_be_one_run_are_refused_in_words(tmp_path, capsys, command):
+    for case, (df, needle) in _one_run_or_two(tmp_path).items():
+        path = _write(tmp_path, df, "t.csv")
+        law = ["--law", "multiplicative", "--bootstrap", "0"] if command == "fit" else [
+            "--laws", "multiplicative"]  # fmt: skip
+        rc = main([command, "--from", path, *law])
+        line = _one_line_error(capsys, rc, needle, command)
+        assert "two runs share" in line or "fractional" in line, (case, line)
+
+
+def test_rows_repeated_exactly_are_dropped_with_a_warning(tmp_path, capsys):
+    good = _good()
+    once = _write(tmp_path, good, "once.csv")
+    twice = _write(tmp_path, pd.concat([good, good.iloc[[3, 4, 5]]]), "twice.csv")
+    argv = ["fit", "--law", "multiplicative", "--bootstrap", "0", "--json"]
+    assert main([*argv, "--from", once]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--from", twice]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    assert got["params"] == expected["params"] and got["n_points"] == expected["n_points"]
+    assert captured.err.strip() == (
+        "warning: dropped 3 row(s) that repeat another row exactly (same run_id, step and "
+        "values); each (run, step) is fitted once"
+    )

@@ -84,9 +84,12 @@ def deferred_warnings() -> Iterator[None]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
+    said: set[str] = set()
     for w in caught:
         if issubclass(w.category, UserWarning) and "forgetscale" in (w.filename or ""):
-            print(f"warning: {w.message}", file=sys.stderr)
+            if str(w.message) not in said:  # once, however many fits met it
+                said.add(str(w.message))
+                print(f"warning: {w.message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------

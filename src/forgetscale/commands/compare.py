@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forgetscale.commands._common import deferred_warnings
+
+    with deferred_warnings():  # e.g. rows repeated exactly, dropped: said once it worked
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from forgetscale.errors import UserError
     from forgetscale.laws.holdout import compare_laws
     from forgetscale.laws.report import format_compare

@@ -119,6 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forgetscale.commands._common import deferred_warnings
+
+    with deferred_warnings():  # e.g. rows repeated exactly, dropped: said once it worked
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from forgetscale.laws.fitting import fit_file_bytes, fit_law, is_fit_file, resolve_fit_targets
     from forgetscale.laws.options import FitOptions
     from forgetscale.laws.plots import FIGURES_BYTES, figure_files, stage_figures

@@ -34,7 +34,9 @@ def config_field(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
     if isinstance(default, dict):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help, **kw})
+        return field(
+            default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help, **kw}
+        )
     return field(default=default, metadata={"help": help, **kw})
 
 

@@ -144,7 +144,81 @@ def check_table(
         raise UserError("column params_trained has values <= 0")
     if (cols["step"] < 0).any():
         raise UserError("column step has negative values")
-    return FitData(df["run_id"].astype(str).to_numpy(), cols)
+    run_id = df["run_id"].astype(str).to_numpy()
+    keep = _check_runs(df, run_id, cols)
+    return FitData(run_id[keep], {k: v[keep] for k, v in cols.items()})
+
+
+#: Columns that hold one value per run (a run's method, rank and P never change).
+PER_RUN_COLUMNS: tuple[str, ...] = ("params_trained", "method", "rank")
+
+
+def _check_runs(df: pd.DataFrame, run_id: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The rows to fit on, once each run is known to be one run: whole steps, one value per
+    run of its P (and method, rank), cumulative ``tokens_seen`` never falling, one row per
+    (run, step). A row repeated exactly is dropped with a warning; anything else that makes
+    two runs look like one is a :class:`UserError` saying which run and step."""
+    import warnings
+
+    import pandas as pd
+
+    step = cols["step"]
+    fractional = step != np.round(step)
+    if fractional.any():
+        i = int(np.argmax(fractional))
+        raise UserError(
+            f"column step has fractional values (e.g. {step[i]:g} in run {run_id[i]!r}): "
+            "a step counts optimizer updates, a whole number"
+        )
+    for col in PER_RUN_COLUMNS:
+        if col not in df.columns:
+            continue
+        counts = df[col].groupby(run_id, sort=False).nunique()
+        if (counts > 1).any():
+            rid = counts.index[int(np.argmax(counts.to_numpy() > 1))]
+            seen = pd.unique(df[col][run_id == rid].dropna())
+            raise UserError(
+                f"run {rid!r} has {len(seen)} values of {col} ({seen[0]} and {seen[1]}): a "
+                f"run's {col} does not change, so two runs share this run_id; give each run "
+                "its own id"
+            )
+    if "tokens_seen" in df.columns:
+        tokens = pd.to_numeric(df["tokens_seen"], errors="coerce").to_numpy(dtype=float)
+        order = np.lexsort((step, run_id))
+        same = run_id[order][1:] == run_id[order][:-1]
+        t = tokens[order]
+        falls = same & (t[1:] < t[:-1])
+        if falls.any():
+            k = int(np.argmax(falls))
+            a, b = order[k], order[k + 1]
+            raise UserError(
+                f"run {run_id[a]!r}: tokens_seen falls from {t[k]:g} at step {step[a]:g} to "
+                f"{t[k + 1]:g} at step {step[b]:g}: two runs share this run_id; give each "
+                "run its own id"
+            )
+    table = pd.DataFrame({"run_id": run_id, **cols})
+    repeated = table.duplicated(["run_id", "step"]).to_numpy()
+    exact = table.duplicated().to_numpy()
+    conflict = repeated & ~exact
+    if conflict.any():
+        i = int(np.argmax(conflict))
+        first = int(np.argmax((run_id == run_id[i]) & (step == step[i])))
+        c = next(c for c in sorted(cols) if cols[c][i] != cols[c][first])
+        raise UserError(
+            f"run {run_id[i]!r} has two rows for step {step[i]:g} with different values "
+            f"({c} {cols[c][first]:g} and {cols[c][i]:g}): two runs share this run_id, or a "
+            "table was appended twice; keep one row per run and step"
+        )
+    keep = ~exact
+    dropped = int(exact.sum())
+    if dropped:
+        warnings.warn(
+            f"dropped {dropped} row(s) that repeat another row exactly (same run_id, step "
+            "and values); each (run, step) is fitted once",
+            UserWarning,
+            stacklevel=3,
+        )
+    return keep
 
 
 @dataclass(frozen=True)
