@@ -375,3 +375,38 @@ def test_json_helpers_turn_non_finite_numbers_into_null():
     text = dumps({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": np.float64("nan"),
                        "d": (np.int64(3),), "e": "nan"})  # fmt: skip
     assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "c": None, "d": [3], "e": "nan"}
+
+
+class _RunsCode:
+    """Unpickling this runs a command: it leaves a marker file where a pickle was loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["measure", "evaluate"])
+def test_a_pickled_adapter_beside_other_safetensors_is_never_loaded(
+    tiny_model_dir, tiny_lora_dir, tiny_reference, tmp_path, capsys, command
+):
+    """PEFT loads adapter_model.bin (a pickle) whenever adapter_model.safetensors is missing,
+    whatever other .safetensors files lie beside it: such a folder is refused before PEFT."""
+    import pickle
+    import shutil
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(tiny_lora_dir, folder)
+    (folder / "adapter_model.safetensors").rename(folder / "unrelated.safetensors")
+    marker = tmp_path / "unpickled"
+    with open(folder / "adapter_model.bin", "wb") as fh:
+        pickle.dump({"w": _RunsCode(marker)}, fh)
+    rest = (["--reference", str(tiny_reference)] if command == "measure"
+            else ["--suite", "probe", "--limit", "2", "--no-cache"])  # fmt: skip
+    argv = [command, "--model", str(tiny_model_dir), "--adapter", str(folder), *rest]
+    err = one_line_error(capsys, argv, f"adapter folder {folder} has no adapter_model.safetensors")
+    assert "pickle format (adapter_model.bin)" in err and "convert them to safetensors" in err
+    assert not marker.exists()
+    (folder / "adapter_model.bin").unlink()
+    one_line_error(capsys, argv, "has no adapter_model.safetensors (the file PEFT's")

@@ -302,12 +302,27 @@ def refuse_pickle_weights(folder: Path, names: tuple[str, ...], *, what: str) ->
 
 
 def check_adapter_folder(adapter: str) -> Path:
-    """The adapter folder, refused unless it has ``adapter_config.json`` and safetensors weights."""
+    """The adapter folder, refused unless it has ``adapter_config.json`` and its weights in
+    ``adapter_model.safetensors``: PEFT falls back to ``adapter_model.bin`` (a pickle) when
+    that file is missing, whatever other ``.safetensors`` files lie beside it, so a ``.bin``
+    adapter is never handed to PEFT."""
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise UserError(f"adapter folder not found or has no adapter_config.json: {adapter}")
-    refuse_pickle_weights(path, ADAPTER_WEIGHT_NAMES, what="adapter folder")
-    return path
+    if (path / ADAPTER_WEIGHT_NAMES[0]).is_file():
+        return path
+    refuse_pickle_weights(path, ADAPTER_WEIGHT_NAMES, what="adapter folder")  # only pickles
+    stem = Path(ADAPTER_WEIGHT_NAMES[1]).stem
+    pickles = sorted(
+        p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name.startswith(stem)
+    )
+    found = f": its weights are in pickle format ({', '.join(pickles[:3])}), which forgetscale "
+    found += "never loads (a pickle can run code); convert them to safetensors, e.g. load and "
+    found += "save_pretrained(..., safe_serialization=True) in a trusted session"
+    raise UserError(
+        f"adapter folder {path} has no {ADAPTER_WEIGHT_NAMES[0]}"
+        + (found if pickles else " (the file PEFT's save_pretrained writes)")
+    )
 
 
 def apply_adapter(model: nn.Module, adapter: str) -> nn.Module:
