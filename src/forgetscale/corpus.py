@@ -20,12 +20,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from forgetscale.embedded_corpora import EMBEDDED_CORPORA
 from forgetscale.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def load_documents(
     max_documents: int | None = None,
 ) -> list[str]:
     """Read the documents of a corpus source (see module docs). Empty documents are dropped."""
+    check_split(source, split)
     if source in EMBEDDED_CORPORA:
         docs = EMBEDDED_CORPORA[source].load()
     elif source.startswith("hf:"):
@@ -107,8 +109,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         records = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:  # line by line, so an error names the line (a BOM on line 1 is fine)
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UserError(
+                        f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} "
+                        "of the line); JSONL files are UTF-8"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
@@ -136,9 +145,32 @@ def _record_texts(path: Path, text_field: str) -> list[str]:
             raise UserError(
                 f"{path}: record {number} has no field {text_field!r} (choose with --text-field)"
             )
-        if record[text_field] is not None:
-            texts.append(str(record[text_field]))
+        value = record[text_field]
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise UserError(
+                f"{path}: record {number}: field {text_field!r} holds a value of type "
+                f"{type(value).__name__} ({_short(value)}), not a string of text"
+            )
+        texts.append(value)
     return texts
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_split(source: str, split: str | None, *, option: str = "split") -> None:
+    """A split other than ``train`` is for an ``hf:`` data set; a local file or an embedded
+    corpus has none, and silently reading all of it would be wrong: refused naming ``option``."""
+    if split in (None, "train") or source.startswith("hf:"):
+        return
+    raise UserError(
+        f"{option} {split!r} given for {source}, which has no splits (only hf: data sets "
+        "do); leave it out or point at the file that holds that split"
+    )
 
 
 def _hf_dataset(name: str, split: str) -> Any:
@@ -157,6 +189,7 @@ def read_source_records(source: str, *, split: str = "train") -> list[dict[str, 
     """The records of a ``.jsonl``/``.parquet`` file or of split ``split`` of ``hf:NAME``."""
     if source.startswith("hf:"):
         return _hf_dataset(source[3:], split).to_list()
+    check_split(source, split)
     path = Path(source).expanduser()
     if not path.is_file():
         raise UserError(f"data not found: {source}")
@@ -186,6 +219,8 @@ def tokenize_documents(documents: list[str], tokenizer: Any) -> list[int]:
 
 def pack_documents(documents: list[str], tokenizer: Any, block_size: int) -> torch.Tensor:
     """Pack documents into a ``[n_blocks, block_size]`` LongTensor (partial block dropped)."""
+    import torch
+
     if block_size < 2:
         raise UserError(f"block size must be at least 2 tokens, got {block_size}")
     ids = tokenize_documents(documents, tokenizer)

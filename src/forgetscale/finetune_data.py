@@ -124,10 +124,12 @@ def _conversations(
                     f"{source}: record {i} lacks {fields.prompt!r} and/or {fields.response!r} "
                     f"(has: {', '.join(map(str, rec)) or 'nothing'})"
                 )
+            for key in (fields.prompt, fields.response):
+                _check_text(source, i, key, rec[key])
             out.append(
                 [
-                    {"role": "user", "content": str(rec[fields.prompt])},
-                    {"role": "assistant", "content": str(rec[fields.response])},
+                    {"role": "user", "content": rec[fields.prompt]},
+                    {"role": "assistant", "content": rec[fields.response]},
                 ]
             )
         else:
@@ -140,11 +142,22 @@ def _conversations(
                     raise UserError(
                         f"{source}: record {i}: each message needs 'role' and 'content'"
                     )
-                conv.append({"role": str(m["role"]), "content": str(m["content"])})
+                _check_text(source, i, "messages[].role", m["role"])
+                _check_text(source, i, "messages[].content", m["content"])
+                conv.append({"role": m["role"], "content": m["content"]})
             if not any(m["role"] == "assistant" for m in conv):
                 raise UserError(f"{source}: record {i} has no assistant message to learn from")
             out.append(conv)
     return out
+
+
+def _check_text(source: str, number: int, key: str, value: Any) -> None:
+    """A record's text is a string: a number or a list is refused, never stringified."""
+    if not isinstance(value, str):
+        raise UserError(
+            f"{source}: record {number}: field {key!r} holds a value of type "
+            f"{type(value).__name__}, not a string of text"
+        )
 
 
 # --------------------------------------------------------------------------------------

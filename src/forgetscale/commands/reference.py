@@ -52,13 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forgetscale.corpus import load_corpus, pack_documents
+    from forgetscale.corpus import check_split, load_corpus, pack_documents
     from forgetscale.errors import UserError
     from forgetscale.models import load_model, max_context, output_vocab_size, resolve_device
     from forgetscale.outputs import check_output, check_space
     from forgetscale.reference import ReferenceCache, build_reference
 
     # before any work: where the result goes, and the device it is computed on
+    check_split(args.data, args.split, option="--split")
     out = check_output(args.out, inputs=(args.data, args.model), what="--out")
     resolve_device(args.device)
     with deferred_warnings():

@@ -278,6 +278,10 @@ class TrainConfig:
             isinstance(self.target_modules, str) and not self.target_modules.strip()
         ):
             raise UserError("target_modules is empty")
+        from forgetscale.corpus import check_split
+
+        check_split(self.task_data, self.task_split, option="task_split")
+        check_split(self.forgetting_data, self.forgetting_split, option="forgetting_split")
         self.downstream_config()  # checks the block's keys, suites and steps
 
     def downstream_config(self) -> Any:

@@ -1,0 +1,125 @@
+"""Bad data files handed to any command: one line on stderr, exit 2, nothing written.
+
+Non-UTF-8 JSONL, text fields that are not strings, and a split asked of a source that has
+none are refused in words by every command that reads data (reference, train, evaluate)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from forgetscale.cli import main
+
+LATIN1 = b'{"text": "caf\xe9 au lait"}\n'
+
+
+def refused(capsys, argv, pattern):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert re.search(pattern, err[0]), err
+    return err[0]
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "name, content, pattern",
+    [
+        ("latin1.jsonl", LATIN1, r"latin1\.jsonl:1: not UTF-8 text \(invalid continuation byte"),
+        ("second.jsonl", b'{"text": "ok"}\n' + LATIN1, r"second\.jsonl:2: not UTF-8 text"),
+        ("number.jsonl", b'{"text": 5}\n', r"record 1: field 'text' holds a value of type int"),
+        ("list.jsonl", b'{"text": "a"}\n{"text": ["b"]}\n', r"record 2: field 'text' .* list"),
+    ],
+)
+def test_reference_data_that_is_not_text(workdir, capsys, name, content, pattern):
+    (workdir / name).write_bytes(content)
+    before = files_in(workdir)
+    argv = ["reference", "--model", "tiny-model", "--data", name, "--out", "r.safetensors"]
+    refused(capsys, argv, pattern)
+    assert files_in(workdir) == before
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(workdir, capsys):
+    text = (workdir / "general.jsonl").read_text()
+    (workdir / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    argv = ["reference", "--model", "tiny-model", "--data", "bom.jsonl", "--block-size", "32",
+            "--out", "r.safetensors", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (workdir / "r.safetensors").is_file()
+
+
+@pytest.mark.parametrize("data", ["pydoc", "general.jsonl"])
+def test_reference_split_of_a_source_without_splits(workdir, capsys, data):
+    before = files_in(workdir)
+    argv = ["reference", "--model", "tiny-model", "--data", data, "--split", "test",
+            "--out", "r.safetensors"]  # fmt: skip
+    refused(capsys, argv, rf"--split 'test' given for {data}, which has no splits")
+    assert files_in(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "override, content, pattern",
+    [
+        ("task_data", LATIN1, r"bad\.jsonl:1: not UTF-8 text"),
+        ("forgetting_data", LATIN1, r"bad\.jsonl:1: not UTF-8 text"),
+        ("task_data", b'{"text": 5}\n', r"field 'text' holds a value of type int"),
+        (
+            "task_data",
+            b'{"prompt": 5, "response": "x"}\n',
+            r"field 'prompt' holds a value of "
+            "type int",
+        ),
+        (
+            "task_data",
+            b'{"messages": [{"role": "user", "content": ["a"]}, '
+            b'{"role": "assistant", "content": "b"}]}\n',
+            r"'messages\[\]\.content' .* list",
+        ),
+    ],
+)
+def test_train_data_that_is_not_text(workdir, capsys, override, content, pattern):
+    (workdir / "bad.jsonl").write_bytes(content)
+    refused(capsys, ["train", "run.yaml", f"--{override}=bad.jsonl"], pattern)
+
+
+@pytest.mark.parametrize(
+    "key, data", [("task_split", "task_data"), ("forgetting_split", "forgetting_data")]
+)
+def test_train_split_of_a_local_file_is_refused_before_any_write(workdir, capsys, key, data):
+    before = files_in(workdir)
+    line = refused(capsys, ["train", "run.yaml", f"--{key}=test"], rf"{key} 'test' given for")
+    assert "has no splits" in line
+    assert files_in(workdir) == before  # refused with the config: no store made
+
+
+@pytest.mark.parametrize(
+    "spec, content",
+    [
+        ("mc", b'{"question": "caf\xe9?", "choices": ["a", "b"], "answer": 0}\n'),
+        ("refusal", b'{"prompt": "caf\xe9?", "harmful": true}\n'),
+        ("generations", b'{"prompt": "caf\xe9?"}\n'),
+    ],
+)
+def test_evaluate_question_files_that_are_not_utf8(workdir, capsys, spec, content):
+    (workdir / "q.jsonl").write_bytes(content)
+    argv = ["evaluate", "--model", "tiny-model", "--suite", f"{spec}:q.jsonl", "--no-cache",
+            "--out", "e.json"]  # fmt: skip
+    refused(capsys, argv, r"q\.jsonl:1: not UTF-8 text")
+    assert not (workdir / "e.json").exists()
+
+
+def test_the_records_read_are_the_strings_written(workdir):
+    from pathlib import Path
+
+    from forgetscale.corpus import load_documents
+
+    texts = ["café", "naïve ✓", "plain"]
+    path = Path("utf8.jsonl")
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    assert load_documents(str(path)) == texts
