@@ -278,11 +278,16 @@ class TrainConfig:
             isinstance(self.target_modules, str) and not self.target_modules.strip()
         ):
             raise UserError("target_modules is empty")
+        self.downstream_config()  # checks the block's keys, suites and steps
+
+    def check_splits(self) -> None:
+        """A split other than ``train`` names one of an ``hf:`` data set: refused for a local
+        file or an embedded corpus (which have none) before a run starts or a sweep is
+        expanded. Not at construction: a config may be built to compute a run id."""
         from forgetscale.corpus import check_split
 
         check_split(self.task_data, self.task_split, option="task_split")
         check_split(self.forgetting_data, self.forgetting_split, option="forgetting_split")
-        self.downstream_config()  # checks the block's keys, suites and steps
 
     def downstream_config(self) -> Any:
         """The ``downstream:`` block as a checked

@@ -328,6 +328,7 @@ def load_sweep(
         label = label_of(values)
         try:
             config = build_config({**fixed, **anchored(values)}, overrides=cli)
+            config.check_splits()
         except UserError as exc:
             raise UserError(f"{where}: run {label}: {exc}") from None
         rid = config.run_id

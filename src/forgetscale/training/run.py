@@ -106,6 +106,7 @@ def train(
         config = build_config(config.to_dict(), overrides=overrides)
     log = log or _stderr
     t_begin = time.perf_counter()
+    config.check_splits()
     check_outputs(config)
     run_id, ck_dir = config.run_id, checkpoint_dir(config)
     with open_store(config.store) as store:
