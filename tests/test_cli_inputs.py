@@ -123,3 +123,22 @@ def test_the_records_read_are_the_strings_written(workdir):
     path = Path("utf8.jsonl")
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     assert load_documents(str(path)) == texts
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (
+            ["--workers", "100000"],
+            r"--workers: workers must be at most 256 on one machine, got "
+            r"100000 \(each worker is a process with its own copy of the model",
+        ),
+        (["--local-threads=5000"], r"threads must be at most 256 on one machine, got 5000"),
+    ],
+)
+@pytest.mark.parametrize("command", ["sweep", "study"])
+def test_local_workers_are_bounded_even_in_a_dry_run(workdir, capsys, command, argv, pattern):
+    (workdir / "s.yaml").write_text("base: ./run.yaml\ngrid: {rank: [1, 2]}\n")
+    before = files_in(workdir)
+    refused(capsys, [command, "s.yaml", "--dry-run", *argv], pattern)
+    assert files_in(workdir) == before

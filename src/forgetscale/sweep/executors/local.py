@@ -28,6 +28,10 @@ from typing import Any, ClassVar
 from forgetscale.errors import UserError
 from forgetscale.sweep.executors.base import Executor, Finished, RunTask
 
+#: The most worker processes (and torch threads per worker) one machine is given: each worker
+#: loads its own copy of the model, so a number above this is a typo, not a plan.
+MAX_LOCAL_WORKERS = 256
+
 
 @dataclass(frozen=True)
 class Options:
@@ -51,10 +55,20 @@ class Options:
     )
 
     def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise UserError(f"workers must be >= 1, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"threads must be >= 1, got {self.threads}")
+        for key in ("workers", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"{key} must be >= 1, got {value}")
+            if value is not None and value > MAX_LOCAL_WORKERS:
+                why = (
+                    "each worker is a process with its own copy of the model; more runs at "
+                    "once belong on --executor ray or slurm"
+                    if key == "workers"
+                    else "no machine has that many cores for one worker"
+                )
+                raise UserError(
+                    f"{key} must be at most {MAX_LOCAL_WORKERS} on one machine, got {value} ({why})"
+                )
         if self.gpus is not None and any(g < 0 for g in self.gpus):
             raise UserError(f"gpus must be GPU indices >= 0, got {self.gpus}")
 
