@@ -142,3 +142,47 @@ def test_local_workers_are_bounded_even_in_a_dry_run(workdir, capsys, command, a
     before = files_in(workdir)
     refused(capsys, [command, "s.yaml", "--dry-run", *argv], pattern)
     assert files_in(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (
+            ["evaluate", "--model", "someorg/not-cached", "--suite", "probe"],
+            r"model someorg/not-cached is not in the local Hugging Face cache and the hub cannot "
+            r"be reached \(127\.0\.0\.1: .*\); give a local model folder",
+        ),
+        (
+            [
+                "reference",
+                "--model",
+                "tiny-model",
+                "--data",
+                "hf:someorg/not-cached",
+                "--out",
+                "r.safetensors",
+            ],
+            r"data set someorg/not-cached \(split train\) is not in the local cache and the "
+            r"Hugging Face hub cannot be reached",
+        ),
+    ],
+)
+def test_an_unreachable_hub_fails_at_once_in_one_line(workdir, tmp_path_factory, argv, pattern):
+    """Offline, huggingface_hub retries every request with back-off (tens of warning lines,
+    half a minute) before it says the files are not cached: asked once, it is one line."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens on port 9
+           "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "forgetscale", *argv], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Retry" not in proc.stderr and not (workdir / "r.safetensors").exists()
+    assert time.monotonic() - start < 120

@@ -178,10 +178,20 @@ def _hf_dataset(name: str, split: str) -> Any:
         import datasets
     except ImportError as exc:
         raise UserError("hf: corpora need the datasets package: pip install datasets") from exc
+    from forgetscale.hub import go_offline, hub_unreachable
+
     dataset, _, config = name.partition(":")
+    unreachable = hub_unreachable()
+    if unreachable:  # read the cache at once rather than after half a minute of retries
+        go_offline()
     try:
         return datasets.load_dataset(dataset, config or None, split=split)
     except Exception as exc:  # network, missing dataset, bad split ...
+        if unreachable:
+            raise UserError(
+                f"data set {name} (split {split}) is not in the local cache and the Hugging "
+                f"Face hub cannot be reached ({unreachable})"
+            ) from exc
         raise UserError(f"could not load dataset {name} split {split}: {exc}") from exc
 
 

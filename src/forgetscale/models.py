@@ -161,6 +161,10 @@ def resolve_model_source(spec: str) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UserError(f"model not found: {spec}")
+    from forgetscale.hub import require_hub
+
+    hint = f"; give a local model folder, a .gguf file or the embedded {DEFAULT_MODEL}"
+    require_hub(spec, "model", hint=hint)  # fails at once offline, not after retries
     return spec  # a hub id
 
 

@@ -125,6 +125,10 @@ class ClassifierJudge(Judge):
 
         self.model_name = model
         self.labels = tuple(label.lower() for label in labels)
+        if not Path(model).expanduser().exists():
+            from forgetscale.hub import require_hub
+
+            require_hub(model, "refusal classifier")  # at once offline, not after retries
         try:
             self.pipe = pipeline("text-classification", model=model, tokenizer=model, device="cpu")
         except (OSError, ValueError) as exc:
