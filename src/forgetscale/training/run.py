@@ -272,6 +272,9 @@ class _Run:
             **forgetting.metrics(),
             "train_loss": progress.mean_train_loss(),
             "tokens_seen": progress.tokens_seen,
+            "task_tokens_seen": progress.tokens_seen - progress.replay_tokens_seen,
+            "replay_tokens_seen": progress.replay_tokens_seen,
+            "train_kl": progress.mean_train_kl() if cfg.kl_weight > 0 else None,
             "wall_s": progress.wall_s,
         }
 
