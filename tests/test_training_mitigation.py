@@ -299,7 +299,7 @@ def test_a_mitigated_run_resumed_after_sigkill_equals_an_uninterrupted_one(tmp_p
     model_dir = save_tiny_model_dir(tmp_path / "model", hidden=96)
     keys = sorted(topics)
     for name, chosen, size in (("task", keys[:30], 3000), ("general", keys[-10:], 2000),
-                               ("replay", keys[100:130], 2000)):  # fmt: skip
+                               ("replay", keys[35:65], 2000)):  # fmt: skip
         with (tmp_path / f"{name}.jsonl").open("w") as fh:
             for k in chosen:
                 fh.write(json.dumps({"text": topics[k][:size]}) + "\n")
@@ -319,7 +319,8 @@ def test_a_mitigated_run_resumed_after_sigkill_equals_an_uninterrupted_one(tmp_p
     def cmd(name):
         return [sys.executable, "-m", "forgetscale", "train", f"{name}.yaml", "--progress=false"]
 
-    subprocess.run(cmd("a"), cwd=tmp_path, env=env, check=True, capture_output=True)
+    first = subprocess.run(cmd("a"), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
     ck_root = tmp_path / "b.db.checkpoints"
     proc = subprocess.Popen(cmd("b"), cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -342,7 +343,8 @@ def test_a_mitigated_run_resumed_after_sigkill_equals_an_uninterrupted_one(tmp_p
     diff = (a[cols].fillna(0) - b[cols].fillna(0)).abs().to_numpy().max()
     print(f"mitigated run resumed vs uninterrupted: max abs difference {diff}")
     assert diff <= 1e-5
-    assert (a.replay_tokens_seen > 0).iloc[1:].all() and (a.train_kl > 0).iloc[1:].all()
+    assert (a.replay_tokens_seen > 0).iloc[1:].all()
+    assert abs(a.train_kl.iloc[1]) < 1e-5 and (a.train_kl.iloc[2:] > 0).all()  # LoRA B starts at 0
 
 
 # ------------------------------------------------------------------------------------------
