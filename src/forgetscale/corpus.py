@@ -241,3 +241,33 @@ def pack_documents(documents: list[str], tokenizer: Any, block_size: int) -> tor
             "use a smaller --block-size or more text"
         )
     return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+def evaluation_block_index(n_blocks: int, block_size: int, max_tokens: int | None) -> torch.Tensor:
+    """Which of a packed corpus's ``n_blocks`` blocks an evaluation with a budget of
+    ``max_tokens`` uses: ``max_tokens // block_size`` evenly spaced blocks (at least one, all of
+    them when the budget covers the corpus or is None)."""
+    if max_tokens is None:
+        return torch.arange(n_blocks)
+    n = max(1, min(n_blocks, max_tokens // block_size))
+    if n == n_blocks:
+        return torch.arange(n_blocks)
+    return torch.linspace(0, n_blocks - 1, n).round().long().unique()
+
+
+def document_ends(documents: list[str], tokenizer: Any) -> torch.Tensor:
+    """Where each document ends (exclusive, its EOS included) in the packed token stream of
+    :func:`pack_documents`."""
+    lengths = [len(e) + 1 for e in tokenizer(documents, add_special_tokens=False)["input_ids"]]
+    return torch.tensor(lengths, dtype=torch.long).cumsum(0)
+
+
+def documents_in_blocks(ends: torch.Tensor, block_size: int, block_index: torch.Tensor) -> set[int]:
+    """Indices of the documents (ending at ``ends``, :func:`document_ends`) that have at least
+    one token in the packed blocks ``block_index``."""
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1]])
+    used: set[int] = set()
+    for b in block_index.tolist():
+        lo, hi = b * block_size, (b + 1) * block_size
+        used.update(torch.nonzero((starts < hi) & (ends > lo)).flatten().tolist())
+    return used

@@ -144,10 +144,27 @@ def forgetting_terms(logits: torch.Tensor, ref: dict[str, torch.Tensor]) -> dict
     lse = logits.logsumexp(dim=-1)  # log normaliser of q
     target = ref["target_ids"].long()
     hard = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    topk_ids = ref["topk_ids"].long()
+    soft, kl = lumped_soft_and_kl(
+        logits, lse, ref["topk_ids"], ref["topk_logprobs"], ref["tail_mass"]
+    )
+    agree = (logits.argmax(dim=-1) == target).to(logits.dtype)
+    return {"hard": hard, "soft": soft, "kl": kl, "entropy": ref["entropy"], "agree": agree}
+
+
+def lumped_soft_and_kl(
+    logits: torch.Tensor,
+    lse: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_mass: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position soft L_f and KL(base || model) over the base's top-K tokens plus the lumped
+    tail, from the model's logits ``[..., V]`` and their log normaliser ``lse``. Differentiable
+    in ``logits`` (the KL penalty of training backpropagates through it)."""
+    topk_ids = topk_ids.long()
     logq_topk = logits.gather(-1, topk_ids) - lse.unsqueeze(-1)
-    p_topk = ref["topk_logprobs"].exp()
-    p_tail = ref["tail_mass"]
+    p_topk = topk_logprobs.exp()
+    p_tail = tail_mass
     has_tail = p_tail > 0
     if bool(has_tail.any()):
         log_q_tail = log_tail_mass(logits, lse, topk_ids, logq_topk)
@@ -158,9 +175,20 @@ def forgetting_terms(logits: torch.Tensor, ref: dict[str, torch.Tensor]) -> dict
     else:  # K = vocabulary size: the top-K is the whole distribution
         tail_soft = tail_kl = torch.zeros_like(p_tail)
     soft = -(p_topk * logq_topk).sum(-1) + tail_soft
-    kl = (p_topk * (ref["topk_logprobs"] - logq_topk)).sum(-1) + tail_kl
-    agree = (logits.argmax(dim=-1) == target).to(logits.dtype)
-    return {"hard": hard, "soft": soft, "kl": kl, "entropy": ref["entropy"], "agree": agree}
+    kl = (p_topk * (topk_logprobs - logq_topk)).sum(-1) + tail_kl
+    return soft, kl
+
+
+def kl_to_base(
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_mass: torch.Tensor,
+) -> torch.Tensor:
+    """Per-position KL(base || model), the lumped top-K KL of :func:`forgetting_terms`, from the
+    model's logits ``[..., V]`` (cast to float32) and the base's cached top-K; differentiable."""
+    logits = logits.float()
+    return lumped_soft_and_kl(logits, logits.logsumexp(-1), topk_ids, topk_logprobs, tail_mass)[1]
 
 
 @torch.inference_mode()

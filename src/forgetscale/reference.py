@@ -270,19 +270,59 @@ class ReferenceCache:
         of one base on one corpus share it. An explicit ``path`` built for another setting is
         used as given (L_f is then measured on its blocks) and the difference is logged.
         """
-        import hashlib
-
-        from forgetscale.corpus import corpus_hash, load_documents, pack_documents
+        from forgetscale.corpus import (
+            corpus_hash,
+            evaluation_block_index,
+            load_documents,
+            pack_documents,
+        )
 
         docs = load_documents(corpus, text_field=text_field, split=split)
         corpus_sha = corpus_hash(docs)
         blocks = pack_documents(docs, tokenizer, block_size)
         n_all = blocks.shape[0]
-        if max_tokens is not None:
-            n = max(1, min(n_all, max_tokens // block_size))
-            if n < n_all:
-                index = torch.linspace(0, n_all - 1, n).round().long().unique()
-                blocks = blocks[index]
+        blocks = blocks[evaluation_block_index(n_all, block_size, max_tokens)]
+        return cls.find_or_build_blocks(
+            model,
+            tokenizer,
+            blocks,
+            model_name=model_name,
+            corpus=corpus,
+            corpus_sha=corpus_sha,
+            top_k=top_k,
+            batch_size=batch_size,
+            path=path,
+            folder=folder,
+            progress=progress,
+            log=log,
+            what=f"{corpus} ({blocks.shape[0]} of {n_all} blocks x {block_size} tokens",
+        )
+
+    @classmethod
+    def find_or_build_blocks(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        blocks: torch.Tensor,
+        *,
+        model_name: str,
+        corpus: str,
+        corpus_sha: str,
+        top_k: int,
+        batch_size: int,
+        path: str | os.PathLike[str] | None = None,
+        folder: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        log: Any = print,
+        what: str | None = None,
+    ) -> tuple[ReferenceCache, Path]:
+        """The reference of ``model`` on the token ``blocks`` ([n, T]) of ``corpus`` (hashed
+        as ``corpus_sha``): loaded when a file matches, else built and saved (see
+        :meth:`find_or_build`, which calls this on a corpus's evaluation blocks)."""
+        import hashlib
+
+        block_size = int(blocks.shape[1])
+        what = what or f"{corpus} ({blocks.shape[0]} blocks x {block_size} tokens"
         want = {
             "model": model_name,
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -323,10 +363,7 @@ class ReferenceCache:
                 )
                 return ref, path
             log(f"reference: {path} is stale; rebuilding")
-        log(
-            f"reference: building on {corpus} ({blocks.shape[0]} of {n_all} blocks "
-            f"x {block_size} tokens, top-{top_k}) -> {path}"
-        )
+        log(f"reference: building on {what}, top-{top_k}) -> {path}")
         ref = build_reference(
             model,
             tokenizer,

@@ -62,10 +62,21 @@ MEASUREMENT_COLUMNS: tuple[Column, ...] = (
     Column("base_entropy", "REAL", "float64", "mean entropy of the base (top-K + lumped tail)"),
     Column("agreement", "REAL", "float64", "share of positions where top-1 is the base's"),
     Column("train_loss", "REAL", "float64", "mean training loss since the last measurement"),
-    Column("tokens_seen", "INTEGER", "Int64", "training tokens seen so far"),
+    Column("tokens_seen", "INTEGER", "Int64", "training tokens seen so far (task + replay)"),
+    Column("task_tokens_seen", "INTEGER", "Int64", "task-data training tokens seen so far"),
+    Column("replay_tokens_seen", "INTEGER", "Int64", "replay-data training tokens seen so far"),
+    Column(
+        "train_kl",
+        "REAL",
+        "float64",
+        "mean KL(base || model) of the KL penalty on its blocks since the last measurement",
+    ),
     Column("wall_s", "REAL", "float64", "training wall time so far, in seconds"),
 )
 METRIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in MEASUREMENT_COLUMNS)
+LATER_COLUMNS: tuple[str, ...] = ("task_tokens_seen", "replay_tokens_seen", "train_kl")
+"""Measurement columns added after stores were first written: a store without them gains them
+when opened for writing, and reads of one opened read-only give them as missing (NULL)."""
 FORGETTING_COLUMNS: tuple[str, ...] = (
     "forgetting_loss",
     "forgetting_loss_soft",
@@ -211,6 +222,9 @@ class ResultsStore:
             if create:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.executescript(_SCHEMA)
+                for name in self._missing_columns():
+                    sql = next(c.sql for c in MEASUREMENT_COLUMNS if c.name == name)
+                    self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {sql}")
                 self.conn.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -220,6 +234,10 @@ class ResultsStore:
             raise _store_error(self.path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{path} is not a SQLite results store ({exc})") from None
+
+    def _missing_columns(self) -> list[str]:
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
+        return [name for name in LATER_COLUMNS if name not in have]
 
     # -- context manager ---------------------------------------------------------------
     def close(self) -> None:
@@ -460,7 +478,10 @@ class ResultsStore:
         """Measurements joined with their run's method, rank and P (all runs by default)."""
         import pandas as pd
 
-        select = [expr for _, expr, _ in _RUN_EXPORT] + [f"m.{c}" for c in METRIC_COLUMNS]
+        missing = set(self._missing_columns())  # an older store opened read-only
+        select = [expr for _, expr, _ in _RUN_EXPORT] + [
+            f"NULL AS {c}" if c in missing else f"m.{c}" for c in METRIC_COLUMNS
+        ]
         sql = f"SELECT {', '.join(select)} FROM measurements m JOIN runs r ON r.id = m.run_id"
         params: tuple = ()
         if run_id is not None:

@@ -44,6 +44,7 @@ OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16")
 TASK_FORMATS = ("auto", "text", "prompt_response", "messages")
+KL_DATA = ("task", "replay")
 
 # Fields that never change a run's numbers: excluded from the run id.
 NON_RESULT_FIELDS = frozenset(
@@ -68,6 +69,10 @@ LATER_KEYS: dict[str, Any] = {
     "response_field": "response",
     "task_split": "train",
     "forgetting_split": "train",
+    "replay_data": None,
+    "replay_fraction": 0.0,
+    "kl_weight": 0.0,
+    "kl_data": "task",
 }
 
 # Fields that hold local paths (resolved against the config file's folder).
@@ -83,6 +88,7 @@ PATH_FIELDS = frozenset(
         "checkpoint_dir",
         "output_dir",
         "adapter",
+        "replay_data",
     }
 )
 
@@ -210,6 +216,33 @@ class TrainConfig:
     dtype: str = _f("float32", "Compute dtype: float32 or bfloat16.", choices=DTYPES)
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the backward pass.")
 
+    # --- mitigations: forget less (docs/train.md, "Forgetting less") -----------------------
+    replay_data: str | None = _f(
+        None,
+        "Replay corpus mixed into the updates: an embedded name ('pydoc-replay': the pydoc "
+        "documents the forgetting evaluation never touches), a .txt/.jsonl/.parquet file or "
+        "folder, or hf:NAME. Refused when it shares a document with the evaluation blocks.",
+    )
+    replay_fraction: float = _f(
+        0.0,
+        "Share p of each update's blocks drawn from replay_data (the rest from the task data); "
+        "update s holds round((s+1)*p*batch_size) - round(s*p*batch_size) replay blocks.",
+        ge=0.0,
+        lt=1.0,
+    )
+    kl_weight: float = _f(
+        0.0,
+        "Weight lambda of the KL-to-base penalty: the update's loss adds lambda * KL(base || "
+        "model) (top-K + lumped tail, against a reference cached once) on kl_data's blocks.",
+        ge=0.0,
+    )
+    kl_data: str = _f(
+        "task",
+        "Blocks the KL penalty is taken on: task (the update's task blocks) or replay (its "
+        "replay blocks; needs replay_data and replay_fraction > 0).",
+        choices=KL_DATA,
+    )
+
     # --- evaluation schedule ------------------------------------------------------------
     eval_steps: list[int] | None = _f(
         None,
@@ -279,6 +312,24 @@ class TrainConfig:
         ):
             raise UserError("target_modules is empty")
         self.downstream_config()  # checks the block's keys, suites and steps
+        self._check_mitigations()
+
+    def _check_mitigations(self) -> None:
+        if self.replay_fraction > 0 and not self.replay_data:
+            raise UserError(f"replay_fraction={self.replay_fraction:g} needs replay_data")
+        if self.kl_weight > 0 and self.kl_data == "replay":
+            if not self.replay_data:
+                raise UserError("kl_data=replay needs replay_data (the KL is taken on its blocks)")
+            if self.replay_fraction == 0:
+                raise UserError(
+                    "kl_data=replay takes the KL on the update's replay blocks: "
+                    "set replay_fraction > 0"
+                )
+
+    @property
+    def mitigated(self) -> bool:
+        """Whether replay or the KL penalty changes the updates (off: the plain run)."""
+        return self.replay_fraction > 0 or self.kl_weight > 0
 
     def check_splits(self) -> None:
         """A split other than ``train`` names one of an ``hf:`` data set: refused for a local

@@ -111,14 +111,22 @@ class Progress:
     """Sum of the per-update training losses since the last measurement."""
     train_loss_count: int = 0
     tokens_seen: int = 0
+    """Training tokens so far, task and replay together."""
+    replay_tokens_seen: int = 0
+    """Of which replay tokens (``replay_fraction``)."""
+    train_kl_sum: float = 0.0
+    """Sum of the per-update KL penalty terms since the last measurement (``kl_weight``)."""
     wall_s: float = 0.0
     """Training wall time so far (resumed runs continue the count)."""
 
     def mean_train_loss(self) -> float | None:
         return self.train_loss_sum / self.train_loss_count if self.train_loss_count else None
 
+    def mean_train_kl(self) -> float | None:
+        return self.train_kl_sum / self.train_loss_count if self.train_loss_count else None
+
     def reset_train_loss(self) -> None:
-        self.train_loss_sum, self.train_loss_count = 0.0, 0
+        self.train_loss_sum, self.train_loss_count, self.train_kl_sum = 0.0, 0, 0.0
 
 
 @dataclass

@@ -53,14 +53,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Example indices of update ``step`` (0-based): consecutive slices of per-epoch permutations."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
+    return stream_indices(step * batch_size, batch_size, n, seed)
+
+
+def stream_indices(start: int, count: int, n: int, seed: int, salt: int = 0) -> torch.Tensor:
+    """Positions ``start .. start+count-1`` of the endless stream of per-epoch permutations of
+    ``range(n)`` (epoch e shuffled by seed ``seed * 100003 + e + salt``; another ``salt``
+    gives another data source its own order)."""
+    out: list[int] = []
+    while len(out) < count:
         epoch, offset = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        take = min(batch_size - len(out), n - offset)
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch + salt)
+        perm = torch.randperm(n, generator=generator)
+        take = min(count - len(out), n - offset)
         out.extend(perm[offset : offset + take].tolist())
     return torch.tensor(out, dtype=torch.long)
+
+
+def stream_used(total: int, n: int, seed: int, salt: int = 0) -> torch.Tensor:
+    """The sorted distinct indices among the first ``total`` positions of that stream."""
+    if total >= n:
+        return torch.arange(n)
+    return stream_indices(0, total, n, seed, salt).sort().values
 
 
 class TrainingBatches:

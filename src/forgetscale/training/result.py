@@ -37,6 +37,20 @@ class TrainResult:
     step_s: float = 0.0
     """Of which the step loop took this much, evaluation, downstream suites and checkpoints
     excluded (forward, backward, optimizer, data selection, divergence checks, progress bar)."""
+    mitigation_setup_s: float = 0.0
+    """Of the setup, reading the replay corpus, the leak check and finding or building the
+    KL penalty's reference took this much."""
+    kl_term_s: float = 0.0
+    """Of the step loop, the KL penalty's forward computation took this much (host time; its
+    backward is inside the update's backward pass)."""
+    updates: int = 0
+    """Updates this call made."""
+    task_tokens: int = 0
+    """Task tokens this call trained on."""
+    replay_tokens: int = 0
+    """Replay tokens this call trained on (they take the place of task tokens in a batch)."""
+    kl_positions: int = 0
+    """Positions the KL penalty was taken on in this call."""
 
     def summary(self) -> str:
         if self.status == "finished" and not self.measurements:
@@ -65,5 +79,20 @@ class TrainResult:
             "eval_other": self.eval_s - self.eval_finetune_s - self.eval_forgetting_s,
             "checkpoints": self.checkpoint_s,
             "downstream": self.downstream_s,
+            "mitigation_setup": self.mitigation_setup_s,
         }
         return {"wall": self.wall_s, "setup": self.wall_s - sum(parts.values()), **parts}
+
+    def mitigation_costs(self) -> dict[str, float]:
+        """What replay and the KL penalty cost per update in this call: replay tokens (in the
+        place of task tokens), KL positions, the KL term's forward seconds, step seconds."""
+        n = max(self.updates, 1)
+        return {
+            "updates": self.updates,
+            "task_tokens_per_update": self.task_tokens / n,
+            "replay_tokens_per_update": self.replay_tokens / n,
+            "kl_positions_per_update": self.kl_positions / n,
+            "kl_term_s_per_update": self.kl_term_s / n,
+            "step_s_per_update": self.step_s / n,
+            "mitigation_setup_s": self.mitigation_setup_s,
+        }

@@ -11,9 +11,11 @@ The run, in order (read this file top to bottom; the pieces live beside it in
    adapter exists, so the base pass is M itself; one model in memory);
 4. put the method on M (LoRA / IA3 through PEFT, or unfreeze the top blocks or
    everything), count P, record the run in the results store;
-5. step loop: at step 0 (M itself) and after each scheduled update, measure L_ft on
-   held-out task data and L_f, soft L_f, KL and agreement against the cache; write
-   the measurement, then a checkpoint.
+5. step loop: each update trains on the blocks its plan names (task blocks, and with
+   ``replay_fraction`` replay blocks; :mod:`forgetscale.training.mixing`), its loss plus
+   ``kl_weight`` x KL(base || model) when the KL penalty is on; at step 0 (M itself) and
+   after each scheduled update, measure L_ft on held-out task data and L_f, soft L_f, KL
+   and agreement against the cache; write the measurement, then a checkpoint.
 
 Resume: the run id is the hash of the resolved config. Started again after a crash
 or a SIGKILL, the run loads its latest complete checkpoint (trainable weights,
@@ -58,12 +60,9 @@ from forgetscale.training.checkpoint import (
 )
 from forgetscale.training.lock import RunLock
 from forgetscale.training.methods import apply_method, resolve_target_modules
-from forgetscale.training.optim import (
-    TrainingBatches,
-    batch_indices,
-    make_optimizer,
-    make_scheduler,
-)
+from forgetscale.training.mitigations import check_task_leak, kl_penalty_for_config, load_replay
+from forgetscale.training.mixing import MixedBatches, ReplayMixer
+from forgetscale.training.optim import make_optimizer, make_scheduler
 from forgetscale.training.outputs import RUN_MARKER, check_outputs, checkpoint_dir, lock_path
 from forgetscale.training.result import TrainResult
 
@@ -185,11 +184,33 @@ class _Run:
         )
         self.data_format = data.format
         self.heldout = data.heldout.limit_tokens(cfg.heldout_max_tokens)
+        t_mitigation = time.perf_counter()
+        replay = load_replay(cfg, self.tokenizer)  # refuses a leak into the evaluation
+        check_task_leak(cfg, self.tokenizer, data.format)
+        n_replay = 0 if replay is None else len(replay)
+        self.mixer = ReplayMixer(
+            len(data.train), n_replay, cfg.batch_size, cfg.replay_fraction, cfg.seed
+        )
+        self.mitigation_setup_s = time.perf_counter() - t_mitigation
         if cfg.method in ("lora", "ia3"):
             resolve_target_modules(model, cfg)  # bad module names fail before any compute
         self.reference, self.reference_path = reference_for_config(
             cfg, model, self.tokenizer, model_name, log
         )
+        t_mitigation = time.perf_counter()
+        self.kl_penalty = kl_penalty_for_config(
+            cfg,
+            model,
+            self.tokenizer,
+            model_name,
+            data.train,
+            replay,
+            self.mixer,
+            reference_folder(cfg),
+            self.device,
+            log,
+        )
+        self.mitigation_setup_s += time.perf_counter() - t_mitigation
         seed_everything(cfg.seed)  # adapter init does not depend on what ran before
         if cfg.gradient_checkpointing:
             model.config.use_cache = False
@@ -208,7 +229,7 @@ class _Run:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
-        self.batches = TrainingBatches(data.train, self.device)
+        self.batches = MixedBatches(data.train, replay, self.device)
         self.downstream = cfg.downstream_config()
         self.downstream_base_key = None
         if self.downstream is not None and cfg.method not in ("lora", "ia3"):
@@ -226,7 +247,18 @@ class _Run:
             f"{len(data.train)} training and {len(self.heldout)} held-out "
             f"{'blocks' if data.format == 'text' else 'examples'} of {cfg.block_size} tokens; "
             f"L_f on {self.reference.positions:,} positions; "
-            f"measuring at steps {cfg.evaluation_steps()}"
+            + (
+                f"replay {cfg.replay_fraction:g} of each update's blocks from {cfg.replay_data} "
+                f"({n_replay} blocks); "
+                if replay is not None
+                else ""
+            )
+            + (
+                f"KL penalty {cfg.kl_weight:g} on the {cfg.kl_data} blocks; "
+                if self.kl_penalty is not None
+                else ""
+            )
+            + f"measuring at steps {cfg.evaluation_steps()}"
         )
 
     def execute(self, store: ResultsStore, ck_dir: Path) -> TrainResult:
@@ -273,6 +305,9 @@ class _Run:
             **forgetting.metrics(),
             "train_loss": progress.mean_train_loss(),
             "tokens_seen": progress.tokens_seen,
+            "task_tokens_seen": progress.tokens_seen - progress.replay_tokens_seen,
+            "replay_tokens_seen": progress.replay_tokens_seen,
+            "train_kl": progress.mean_train_kl() if cfg.kl_weight > 0 else None,
             "wall_s": progress.wall_s,
         }
 
@@ -334,6 +369,7 @@ class _Run:
             self.counts.trainable_non_embedding,
             reference=str(self.reference_path),
             resumed_from=resumed_from,
+            mitigation_setup_s=self.mitigation_setup_s,
         )
         micro = cfg.batch_size // cfg.grad_accumulation
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
@@ -379,24 +415,41 @@ class _Run:
             others_before = result.eval_s + result.checkpoint_s + result.downstream_s
             for step in range(start, cfg.max_steps):
                 at = step + 1  # the update being made (for a divergence report)
-                index = batch_indices(step, len(self.batches), cfg.batch_size, cfg.seed)
-                losses = []
+                plan = self.mixer.plan(step)  # this update's task and replay blocks
+                penalty = self.kl_penalty
+                kl_positions = penalty.positions(plan) if penalty is not None else 0
+                losses, kl_sums = [], []
                 for m in range(cfg.grad_accumulation):
-                    sub = index[m * micro : (m + 1) * micro]
+                    sub = plan.micro(m, micro)
                     ids, labels, mask = self.batches.get(sub)
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                    (loss / cfg.grad_accumulation).backward()
-                    losses.append(loss.detach().float())
-                    progress.tokens_seen += self.batches.tokens(sub, cfg.block_size)
+                    output = model(input_ids=ids, attention_mask=mask, labels=labels)
+                    loss = output.loss / cfg.grad_accumulation
+                    if penalty is not None:  # + lambda * KL(base || model), token mean per update
+                        t_kl = time.perf_counter()
+                        kl_sum = penalty.kl_sum(output.logits, sub)
+                        loss = loss + penalty.weight * kl_sum / max(kl_positions, 1)
+                        kl_sums.append(kl_sum.detach())
+                        result.kl_term_s += time.perf_counter() - t_kl
+                    loss.backward()
+                    losses.append(output.loss.detach().float())
+                    task_tokens, replay_tokens = self.batches.tokens(sub, cfg.block_size)
+                    progress.tokens_seen += task_tokens + replay_tokens
+                    progress.replay_tokens_seen += replay_tokens
+                    result.task_tokens += task_tokens
+                    result.replay_tokens += replay_tokens
+                if kl_sums:
+                    losses.append(torch.stack(kl_sums).sum() / max(kl_positions, 1))
                 if cfg.max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     losses.append(norm.float())
-                # one host sync per update (as a plain loop's loss.item()): losses + grad norm
+                # one host sync per update (as a plain loop's loss.item()): losses (+ KL) + norm
                 values = torch.stack(losses).tolist()
                 if not all(math.isfinite(v) for v in values):
                     what = (
                         "training loss"
                         if not all(math.isfinite(v) for v in values[: cfg.grad_accumulation])
+                        else "KL penalty"
+                        if kl_sums and not math.isfinite(values[cfg.grad_accumulation])
                         else "gradient norm"
                     )
                     bad = next(v for v in values if not math.isfinite(v))
@@ -407,6 +460,10 @@ class _Run:
                 train_loss = sum(values[: cfg.grad_accumulation]) / cfg.grad_accumulation
                 progress.train_loss_sum += train_loss
                 progress.train_loss_count += 1
+                if kl_sums:
+                    progress.train_kl_sum += values[cfg.grad_accumulation]
+                    result.kl_positions += kl_positions
+                result.updates += 1
                 done = step + 1
                 result.steps = done
                 if done in eval_steps:
@@ -455,17 +512,21 @@ class _Run:
         self.log(f"run {self.run_id}: saved the trained {what} to {out}")
 
 
+def reference_folder(config: TrainConfig) -> Path:
+    """Where references named by their fingerprint go: ``reference_dir``, else a
+    ``references`` folder beside the store."""
+    if config.reference_dir:
+        return Path(config.reference_dir)
+    return Path(config.store).parent / "references"
+
+
 def reference_for_config(
     config: TrainConfig, model: Any, tokenizer: Any, model_name: str, log: Callable[[str], None]
 ) -> tuple[ReferenceCache, Path]:
     """The run's reference cache (see :meth:`ReferenceCache.find_or_build`): the file named
     by ``reference``, else one named by its fingerprint in ``reference_dir`` (default: a
     ``references`` folder beside the store). A sweep calls this once before its runs."""
-    folder = (
-        Path(config.reference_dir)
-        if config.reference_dir
-        else Path(config.store).parent / "references"
-    )
+    folder = reference_folder(config)
     return ReferenceCache.find_or_build(
         model,
         tokenizer,
