@@ -247,6 +247,8 @@ def evaluation_block_index(n_blocks: int, block_size: int, max_tokens: int | Non
     """Which of a packed corpus's ``n_blocks`` blocks an evaluation with a budget of
     ``max_tokens`` uses: ``max_tokens // block_size`` evenly spaced blocks (at least one, all of
     them when the budget covers the corpus or is None)."""
+    import torch
+
     if max_tokens is None:
         return torch.arange(n_blocks)
     n = max(1, min(n_blocks, max_tokens // block_size))
@@ -258,6 +260,8 @@ def evaluation_block_index(n_blocks: int, block_size: int, max_tokens: int | Non
 def document_ends(documents: list[str], tokenizer: Any) -> torch.Tensor:
     """Where each document ends (exclusive, its EOS included) in the packed token stream of
     :func:`pack_documents`."""
+    import torch
+
     lengths = [len(e) + 1 for e in tokenizer(documents, add_special_tokens=False)["input_ids"]]
     return torch.tensor(lengths, dtype=torch.long).cumsum(0)
 
@@ -265,6 +269,8 @@ def document_ends(documents: list[str], tokenizer: Any) -> torch.Tensor:
 def documents_in_blocks(ends: torch.Tensor, block_size: int, block_index: torch.Tensor) -> set[int]:
     """Indices of the documents (ending at ``ends``, :func:`document_ends`) that have at least
     one token in the packed blocks ``block_index``."""
+    import torch
+
     starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1]])
     used: set[int] = set()
     for b in block_index.tolist():
