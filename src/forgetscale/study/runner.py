@@ -124,26 +124,6 @@ def notes_of(sweep: Any) -> list[str]:
     return notes
 
 
-def load_study(
-    name_or_path: str | None,
-    *,
-    out: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    executor: str | None = None,
-) -> tuple[Any, Any]:
-    """Read a study file: its sweep (with the store moved into ``out`` when given) and its
-    checked ``analysis:`` block. Returns ``(sweep, analysis_config)``."""
-    from forgetscale.sweep.spec import load_sweep
-
-    overrides = dict(overrides or {})
-    if out is not None:
-        overrides["store"] = str(Path(out) / "results.db")
-    sweep = load_sweep(
-        study_file(name_or_path), overrides, executor=executor, extra_keys=EXTRA_KEYS
-    )
-    return sweep, analysis_of(sweep)
-
-
 def _machine() -> dict[str, Any]:
     import os
 
@@ -180,7 +160,8 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or resume) the study's runs and write its report; see the module docstring.
 
-    ``sweep`` and ``analysis`` come from :func:`load_study`.
+    ``sweep`` is the study file read as a sweep (``extra_keys=EXTRA_KEYS``), ``analysis`` its
+    checked ``analysis:`` block (:func:`analysis_of`).
     """
     from forgetscale.environment import library_versions
     from forgetscale.study.analysis import analyse

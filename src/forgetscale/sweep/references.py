@@ -1,7 +1,7 @@
 """The reference caches of a sweep: found or built once, before any run is dispatched.
 
 Every run of a sweep compares its model with the base model's own predictions on the
-forgetting corpus (docs/design.md, "The forgetting loss"). The runs that share a base model
+forgetting corpus (docs/design.md, "Exact definitions"). The runs that share a base model
 and a forgetting setting share one reference file; :func:`build_references` finds or builds
 each of them with the run's own lookup (:func:`forgetscale.reference.reference_for_config`),
 so that every run finds its reference ready. The executor decides where this happens
