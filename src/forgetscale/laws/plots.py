@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from forgetscale import quantities
 from forgetscale.laws.fitting import FitResult, fit_data
 from forgetscale.laws.holdout import HELD_OUT, IN_SAMPLE, point_table
 from forgetscale.laws.registry import get_law
@@ -32,15 +33,8 @@ from forgetscale.outputs import StagedOutputs
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-LABELS = {
-    "finetune_loss": "fine-tuning loss $L_{ft}$",
-    "forgetting_loss": "forgetting loss $L_f$",
-    "forgetting_loss_soft": "soft forgetting loss $L_f^{soft}$",
-    "kl": "KL(base || model)",
-    "disagreement": "1 - agreement",
-    "step": "fine-tuning steps $N$",
-    "params_trained": "trainable parameters $P$",
-}
+#: Axis labels with units, by column (:mod:`forgetscale.quantities`).
+LABELS = {q.name: q.axis_label() for q in (*quantities.QUANTITIES, *quantities.VARIABLES)}
 #: The files :func:`stage_figures` writes (each as .png and .csv).
 FIGURES: tuple[str, ...] = (
     "forgetting_vs_finetune",

@@ -14,22 +14,13 @@ from typing import Any
 
 import numpy as np
 
-UNIT = "nats/token"
-AXIS = {
-    "finetune_loss": f"fine-tuning loss $L_{{ft}}$ ({UNIT})",
-    "forgetting_loss": f"hard forgetting loss $L_f$ ({UNIT})",
-    "forgetting_loss_soft": f"soft forgetting loss $L_f$ ({UNIT})",
-    "kl": f"KL(base || model) ({UNIT})",
-    "disagreement": "1 - agreement (share of positions)",
-    "step": "fine-tuning steps $N$ (optimizer updates)",
-}
-SHORT = {
-    "finetune_loss": "$L_{ft}$",
-    "forgetting_loss": "hard $L_f$",
-    "forgetting_loss_soft": "soft $L_f$",
-    "kl": "KL",
-    "disagreement": "1 - agreement",
-}
+from forgetscale import quantities
+
+_LABELLED = [*quantities.QUANTITIES, *quantities.VARIABLES]
+#: Axis labels with units, and the short names of titles and legends, by column.
+AXIS = {q.name: q.axis_label() for q in _LABELLED}
+SHORT = {q.name: q.tex for q in _LABELLED}
+UNITS = {q.name: q.unit_suffix() for q in _LABELLED}
 DPI = 100
 
 
@@ -274,8 +265,8 @@ def predicted_vs_observed(data: Mapping[str, Any]) -> bytes:
         lo = float(min(d["observed"].min(), d["predicted"].min()))
         hi = float(max(d["observed"].max(), d["predicted"].max()))
         ax.plot([lo, hi], [lo, hi], "k:", lw=1)
-        ax.set_xlabel(f"observed {SHORT[t]} ({UNIT})")
-        ax.set_ylabel(f"predicted {SHORT[t]} ({UNIT})")
+        ax.set_xlabel(f"observed {SHORT[t]}{UNITS[t]}")
+        ax.set_ylabel(f"predicted {SHORT[t]}{UNITS[t]}")
 
     return _scheme_grid(data, draw)
 
@@ -293,7 +284,7 @@ def residuals(data: Mapping[str, Any]) -> bytes:
         ax.set_xscale("log")
         _plain_log_ticks(ax)
         ax.set_xlabel(AXIS["step"])
-        ax.set_ylabel(f"observed - predicted {SHORT[t]} ({UNIT})")
+        ax.set_ylabel(f"observed - predicted {SHORT[t]}{UNITS[t]}")
 
     return _scheme_grid(data["fits"], draw)
 
@@ -325,8 +316,7 @@ def hard_vs_soft(data: Mapping[str, Any]) -> bytes:
         ax.set_xlim(left=0)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(AXIS["step"])
-        unit = "" if m == "disagreement" else f" ({UNIT})"
-        ax.set_ylabel(f"change in {SHORT[m]}{unit}")
+        ax.set_ylabel(f"change in {SHORT[m]}{UNITS[m]}")
         ax.set_title(f"{SHORT[m]} minus its step-0 value", fontsize=10)
     for ax in flat[len(metrics) :]:
         ax.axis("off")
