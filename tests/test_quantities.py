@@ -21,7 +21,7 @@ def test_everything_derives_from_the_declarations():
     from forgetscale.laws.table import DERIVED_TARGETS
     from forgetscale.store import FORGETTING_COLUMNS, LATER_COLUMNS, METRIC_COLUMNS
     from forgetscale.study.config import METRICS, SYMBOLS, TARGET_ORDER
-    from forgetscale.study.figures import AXIS, SHORT
+    from forgetscale.figures import AXIS, SHORT
 
     stored = [q.name for q in quantities.QUANTITIES if q.sql]
     assert list(METRIC_COLUMNS) == stored
@@ -60,7 +60,7 @@ quantities.QUANTITIES = quantities.QUANTITIES + (
 import numpy as np
 
 from forgetscale.commands.fit import add_arguments
-from forgetscale.study.figures import AXIS, SHORT
+from forgetscale.figures import AXIS, SHORT
 from forgetscale.laws import fit_law
 from forgetscale.laws.registry import TARGETS
 from forgetscale.laws.synthetic import synthetic_runs

@@ -22,7 +22,7 @@ from forgetscale.errors import UserError
 from forgetscale.outputs import atomic_write, dumps
 from forgetscale.study import findings, sections
 from forgetscale.study.analysis import StudyReport
-from forgetscale.study.figures import draw
+from forgetscale.figures import draw
 from forgetscale.study.markup import CSS, esc
 
 #: The page's sections, in order: ``(anchor, title)``, linked from the top of the page.
