@@ -17,11 +17,11 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_everything_derives_from_the_declarations():
+    from forgetscale.figures import AXIS, SHORT
     from forgetscale.laws.registry import TARGETS
     from forgetscale.laws.table import DERIVED_TARGETS
     from forgetscale.store import FORGETTING_COLUMNS, LATER_COLUMNS, METRIC_COLUMNS
     from forgetscale.study.config import METRICS, SYMBOLS, TARGET_ORDER
-    from forgetscale.figures import AXIS, SHORT
 
     stored = [q.name for q in quantities.QUANTITIES if q.sql]
     assert list(METRIC_COLUMNS) == stored
