@@ -57,6 +57,15 @@ def go_offline() -> None:
 def require_hub(repo_id: str, what: str, *, repo_type: str = "model", hint: str = "") -> None:
     """Refuse ``repo_id`` in one line when the hub cannot be reached and it is not cached;
     when the hub cannot be reached and it is cached, the cache is used without retries."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UserError(
+            f"could not load {what} {repo_id}: not a local folder, and not a hub id ({exc})"
+        ) from exc
     why = hub_unreachable()
     if why is None:
         return
