@@ -47,7 +47,7 @@ from forgetscale.models import (
     output_vocab_size,
     tokenizer_fingerprint,
 )
-from forgetscale.outputs import atomic_output
+from forgetscale.outputs import atomic_output, check_output
 
 FORMAT = "forgetscale.reference/1"
 TENSOR_NAMES = (
@@ -142,7 +142,7 @@ class ReferenceCache:
 
         Temporary files left by an earlier writer of ``path`` that was killed are removed.
         """
-        path = Path(path)
+        path = check_output(path, what="reference", kind="reference", create_parents=True)
         tensors = {name: getattr(self, name).contiguous() for name in TENSOR_NAMES}
         metadata = {"format": FORMAT, "fingerprint": json.dumps(self.fingerprint)}
         with atomic_output(path, what="reference") as tmp:
@@ -363,6 +363,8 @@ class ReferenceCache:
                 )
                 return ref, path
             log(f"reference: {path} is stale; rebuilding")
+        # before the base pass: the folder can be made and written, the file is ours
+        check_output(path, what="the reference", kind="reference", create_parents=True)
         log(f"reference: building on {what}, top-{top_k}) -> {path}")
         ref = build_reference(
             model,
@@ -375,7 +377,6 @@ class ReferenceCache:
             corpus_sha256=corpus_sha,
             progress=progress,
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
         ref.save(path)
         return ref, path
 

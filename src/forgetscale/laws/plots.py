@@ -27,7 +27,9 @@ from forgetscale.laws.fitting import FitResult, fit_data
 from forgetscale.laws.holdout import HELD_OUT, IN_SAMPLE, point_table
 from forgetscale.laws.registry import get_law
 from forgetscale.laws.table import FitData, Holdout
-from forgetscale.outputs import StagedOutputs, check_output_folder
+from forgetscale.outputs import PNG_SOFTWARE, StagedOutputs, check_output_folder
+
+PNG_METADATA = {"Software": PNG_SOFTWARE}
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -101,6 +103,12 @@ def figure_files() -> list[str]:
     return [f"{name}.{ext}" for name in FIGURES for ext in ("png", "csv")]
 
 
+def figure_kinds() -> dict[str, str]:
+    """Each file of :func:`figure_files` with its kind (:data:`~forgetscale.outputs.OUTPUT_KINDS`):
+    only figures drawn before may be replaced."""
+    return {name: f"figure-{name.rsplit('.', 1)[1]}" for name in figure_files()}
+
+
 def plot_fit(
     fit: FitResult,
     df: pd.DataFrame,
@@ -113,7 +121,7 @@ def plot_fit(
 
     Nothing is written unless every file is (``option`` names the folder in errors).
     """
-    check_output_folder(outdir, figure_files(), what=option, needed=FIGURES_BYTES)
+    check_output_folder(outdir, figure_kinds(), what=option, needed=FIGURES_BYTES)
     with StagedOutputs() as staged:
         stage_figures(fit, df, outdir, holdout, staged, option=option)
         return staged.commit()
@@ -146,7 +154,9 @@ def stage_figures(
         fig.tight_layout()
         try:
             staged.write(
-                out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=130, format="png"), option
+                out / f"{name}.png",
+                lambda tmp: fig.savefig(tmp, dpi=130, format="png", metadata=PNG_METADATA),
+                option,
             )
         finally:
             plt.close(fig)

@@ -19,11 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from forgetscale.errors import UserError
-from forgetscale.outputs import atomic_write, dumps
+from forgetscale.outputs import atomic_write, check_output_folder, dumps
 from forgetscale.study import findings, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.figures import draw
 from forgetscale.study.markup import CSS, esc
+
+#: The files a study writes beside its store, with their kinds (only earlier reports are replaced).
+REPORT_FILES = {"report.html": "report-html", "report.json": "report-json"}
 
 #: The page's sections, in order: ``(anchor, title)``, linked from the top of the page.
 SECTIONS = [
@@ -48,7 +51,8 @@ def write_report(report: StudyReport, out_dir: str | Path) -> tuple[Path, Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the report folder {out}: {exc}") from exc
+        raise UserError(f"cannot create the report folder {out}: {exc.strerror}") from None
+    check_output_folder(out, REPORT_FILES, what="the report folder")
     data = report.to_json()
     images = {name: draw(name, fig["data"]) for name, fig in data["figures"].items()}
     html_path, json_path = out / "report.html", out / "report.json"

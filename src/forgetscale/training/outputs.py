@@ -24,8 +24,9 @@ def checkpoint_dir(config: TrainConfig) -> Path:
 
 def lock_path(config: TrainConfig) -> Path:
     """The run's lock file: one per (store, run), wherever its checkpoints go."""
-    store = Path(config.store)
-    return store.with_name(f".{store.name}.{config.run_id}.lock")
+    from forgetscale.training.lock import run_lock_path
+
+    return run_lock_path(config.store, config.run_id)
 
 
 def check_outputs(config: TrainConfig) -> None:
