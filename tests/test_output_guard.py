@@ -8,20 +8,12 @@ import json
 import sqlite3
 
 import pytest
+from helpers import one_line_error
 
 from forgetscale.cli import main
 from forgetscale.laws.synthetic import synthetic_runs
 from forgetscale.outputs import OUTPUT_KINDS
 from forgetscale.store import open_store
-
-
-def one_line_error(capsys, argv, match):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
-    return err
 
 
 def snapshot(*paths):

@@ -6,20 +6,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from helpers import one_line_error
 
-from forgetscale.cli import main
 from forgetscale.errors import UserError
 from forgetscale.store import open_store
-
-
-def one_line_error(capsys, argv, match):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert "SELECT" not in err, err  # never a whole SQL statement
-    assert match in err, err
-    return err
 
 
 def files_of(db):
