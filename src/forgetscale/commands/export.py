@@ -21,7 +21,12 @@ reads. Without --out the csv goes to stdout.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--from", dest="store", required=True, metavar="STORE", help="results store (.db)"
+        "--from",
+        "--store",
+        dest="store",
+        required=True,
+        metavar="STORE",
+        help="results store (.db); --store is the same option, spelled as train and sweep spell it",
     )
     parser.add_argument(
         "--format",

@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="discard this config's earlier measurements and checkpoint and run again",
     )
     parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (the config key progress: false)",
+    )
+    parser.add_argument(
         "overrides",
         nargs=argparse.REMAINDER,
         metavar="--key=value",
@@ -52,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = []
     for item in args.overrides or []:
         flag = item.replace("_", "-")
-        if flag in ("--print-config", "--restart", "--help-config"):
+        if flag in ("--print-config", "--restart", "--help-config", "--no-progress"):
             setattr(args, flag[2:].replace("-", "_"), True)
         else:
             overrides.append(item)
+    if args.no_progress:  # as in every command that shows progress
+        overrides.append("--progress=false")
     if args.help_config:
         print(config_help())
         return 0
