@@ -76,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
         print(stable_json(config.to_dict()))
         return 0
 
+    import signal
+
     from forgetscale.training import train
 
+    def terminated(signum, frame):  # a SIGTERM (kill, a scheduler) ends the run as Ctrl-C does:
+        raise KeyboardInterrupt  # marked interrupted in the store, resumable, not "running"
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
     result = train(config, restart=args.restart)
     print(result.summary())
     return 0 if result.status in ("finished", "diverged") else 1

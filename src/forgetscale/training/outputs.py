@@ -31,9 +31,12 @@ def lock_path(config: TrainConfig) -> Path:
 
 def check_outputs(config: TrainConfig) -> None:
     """Fail before any work when an output cannot be written or would overwrite someone's."""
+    from forgetscale.outputs import check_folder
+
     ck = checkpoint_dir(config)
     if ck.exists() and not ck.is_dir():
         raise UserError(f"checkpoint_dir {ck} is a file, not a folder")
+    check_folder(ck, what="checkpoint_dir")  # before the run is recorded: never left failed
     if not config.output_dir:
         return
     out = Path(config.output_dir)
