@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from forgetscale import quantities
+from forgetscale.outputs import PNG_SOFTWARE
 
 _LABELLED = [*quantities.QUANTITIES, *quantities.VARIABLES]
 #: Axis labels with units, and the short names of titles and legends, by column.
@@ -44,7 +45,14 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     # "tight" keeps the legends placed outside the axes inside the image
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=DPI,
+        bbox_inches="tight",
+        pad_inches=0.15,
+        metadata={"Software": PNG_SOFTWARE},  # how a later fit --plots recognises its own
+    )
     plt.close(fig)
     return buf.getvalue()
 

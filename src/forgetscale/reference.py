@@ -47,7 +47,7 @@ from forgetscale.models import (
     output_vocab_size,
     tokenizer_fingerprint,
 )
-from forgetscale.outputs import atomic_output
+from forgetscale.outputs import atomic_output, check_output
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -147,7 +147,7 @@ class ReferenceCache:
 
         Temporary files left by an earlier writer of ``path`` that was killed are removed.
         """
-        path = Path(path)
+        path = check_output(path, what="reference", kind="reference", create_parents=True)
         tensors = {name: getattr(self, name).contiguous() for name in TENSOR_NAMES}
         metadata = {"format": FORMAT, "fingerprint": json.dumps(self.fingerprint)}
         with atomic_output(path, what="reference") as tmp:
@@ -160,6 +160,8 @@ class ReferenceCache:
         :func:`build_reference` writes (see :meth:`validate`)."""
         path = Path(path)
         if not path.is_file():
+            if path.is_dir():
+                raise UserError(f"reference {path} is a folder; give the .safetensors file")
             raise UserError(f"reference file not found: {path}")
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -368,6 +370,8 @@ class ReferenceCache:
                 )
                 return ref, path
             log(f"reference: {path} is stale; rebuilding")
+        # before the base pass: the folder can be made and written, the file is ours
+        check_output(path, what="the reference", kind="reference", create_parents=True)
         log(f"reference: building on {what}, top-{top_k}) -> {path}")
         ref = build_reference(
             model,
@@ -379,8 +383,8 @@ class ReferenceCache:
             corpus_source=corpus,
             corpus_sha256=corpus_sha,
             progress=progress,
+            top_k_name="reference_top_k",  # how a train config or sweep names it
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
         ref.save(path)
         return ref, path
 
@@ -441,6 +445,7 @@ def build_reference(
     corpus_source: str | None = None,
     corpus_sha256: str | None = None,
     progress: bool = True,
+    top_k_name: str = "top_k",
 ) -> ReferenceCache:
     """Run the base model once over ``blocks`` ([n_blocks, T] token ids) and cache its predictions.
 
@@ -462,7 +467,9 @@ def build_reference(
     n_blocks, block_size = blocks.shape
     vocab = output_vocab_size(model)
     if not 1 <= top_k <= vocab:
-        raise UserError(f"--top-k must be between 1 and the vocabulary size {vocab}, got {top_k}")
+        raise UserError(
+            f"{top_k_name} must be between 1 and the vocabulary size {vocab}, got {top_k}"
+        )
     context = max_context(model)
     if context is not None and block_size > context:
         raise UserError(f"block size {block_size} exceeds the model's context of {context} tokens")

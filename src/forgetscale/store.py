@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from forgetscale import quantities
 from forgetscale.environment import library_versions
 from forgetscale.errors import UserError
+from forgetscale.store_checks import check_columns, not_a_number
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -199,6 +200,8 @@ class ResultsStore:
                     f"{path} is not a forgetscale results store"
                     + (f" (it holds the tables {', '.join(sorted(tables))})" if tables else "")
                 )
+            if tables:  # before any write: tables of this name that forgetscale did not make
+                check_columns(self.conn, self.path, tables, _SCHEMA, LATER_COLUMNS)
             if create:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.executescript(_SCHEMA)
@@ -256,8 +259,21 @@ class ResultsStore:
     def _record(self, row: tuple) -> RunRecord:
         cols = [d[0] for d in self.conn.execute("SELECT * FROM runs LIMIT 0").description]
         d = dict(zip(cols, row[: len(cols)], strict=True))
-        d["config"] = json.loads(d["config"])
-        d["versions"] = json.loads(d["versions"] or "{}")
+        try:
+            d["config"] = json.loads(d["config"])
+            d["versions"] = json.loads(d["versions"] or "{}")
+        except (TypeError, ValueError):
+            raise UserError(
+                f"results store {self.path} is damaged: run {d.get('id')}'s config or versions "
+                "is not JSON"
+            ) from None
+        for name in ("rank", "params_trained", "params_embedding", "params_total", "max_steps",
+                     "last_step", "diverged_step", "started", "ended"):  # fmt: skip
+            if d[name] is not None and not isinstance(d[name], (int, float)):
+                raise UserError(
+                    f"results store {self.path} is damaged: runs.{name} holds "
+                    f"{str(d[name])[:40]!r} (not a number) for run {d.get('id')}"
+                )
         return RunRecord(**d, n_measurements=int(row[len(cols)]))
 
     def start_run(
@@ -383,7 +399,14 @@ class ResultsStore:
             params = (run_id,)
         sql += " ORDER BY run_id, step, rowid"  # a suite's metrics in the order it gave them
         df = pd.read_sql_query(sql, self.conn, params=params)
-        return df.astype({"step": "int64", **{c.name: c.dtype for c in DOWNSTREAM_COLUMNS}})
+        try:
+            return df.astype({"step": "int64", **{c.name: c.dtype for c in DOWNSTREAM_COLUMNS}})
+        except (ValueError, TypeError):
+            numeric = ["step", *(c.name for c in DOWNSTREAM_COLUMNS if c.sql != "TEXT")]
+            raise not_a_number(self.conn, self.path, "downstream", numeric) or UserError(
+                f"results store {self.path} is damaged: its downstream table holds a value "
+                "of the wrong type"
+            ) from None
 
     def merge_run(self, other: ResultsStore | str | Path, run_id: str) -> int:
         """Copy run ``run_id`` from the store ``other`` into this one; returns the measurements
@@ -470,7 +493,14 @@ class ResultsStore:
         sql += " ORDER BY r.started, m.run_id, m.step"
         df = pd.read_sql_query(sql, self.conn, params=params)
         dtypes = {name: dtype for name, _, dtype in _RUN_EXPORT if dtype != "object"}
-        df = df.astype({**dtypes, **{c.name: c.dtype for c in MEASUREMENT_COLUMNS}})
+        try:
+            df = df.astype({**dtypes, **{c.name: c.dtype for c in MEASUREMENT_COLUMNS}})
+        except (ValueError, TypeError):
+            numeric = ["step", *(c for c in METRIC_COLUMNS if c not in missing)]
+            raise not_a_number(self.conn, self.path, "measurements", numeric) or UserError(
+                f"results store {self.path} is damaged: its runs table holds a value that is "
+                "not a number where one belongs (method, rank or P)"
+            ) from None
         return df[list(EXPORT_COLUMNS)]
 
 

@@ -282,6 +282,12 @@ def load_from_args(
     if store is not None:
         train_overrides["store"] = store
     sweep = load_sweep(path, train_overrides, executor=args.executor, extra_keys=extra_keys)
+    existing = sweep.folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():  # --dry-run included: this sweep could never run
+        where = "--out" if store is not None else "the sweep's store folder"
+        raise UserError(f"{where} {sweep.folder}: {existing} is a file, not a folder")
     for name, given in by_executor.items():
         if name != sweep.executor:
             key = next(iter(given))

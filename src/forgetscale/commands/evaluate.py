@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from forgetscale.downstream import SuiteOptions, evaluate
-    from forgetscale.outputs import atomic_write, check_output, dumps
+    from forgetscale.downstream.registry import split_spec
+    from forgetscale.outputs import atomic_write, check_folder, check_output, dumps
 
     # library deprecation notices (transformers/peft/lm-eval) are not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -127,11 +128,27 @@ def run(args: argparse.Namespace) -> int:
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    model_inputs = (args.model, args.adapter, args.base)
+    # every file this command reads: a suite's questions (mc:q.jsonl) included
+    suite_files = [(arg, f"--suite {spec}") for spec in args.suite for arg in [split_spec(spec)[1]]]
+    inputs = [
+        (args.model, "--model"),
+        (args.adapter, "--adapter"),
+        (args.base, "--base"),
+        (args.judge, "--judge"),
+        *[(path, flag) for path, flag in suite_files if path],
+        *[(path, "--lm-eval-include") for path in args.lm_eval_include],
+    ]
+    inputs = [(path, flag) for path, flag in inputs if path]
     if args.out:
-        check_output(args.out, inputs=model_inputs, what="--out")
+        check_output(args.out, inputs=inputs, what="--out", kind="evaluate")
     if args.generations_out:
-        check_output(args.generations_out, inputs=model_inputs, what="--generations-out")
+        if args.out and _same_path(args.out, args.generations_out):
+            raise UserError("--out and --generations-out are the same file; give two names")
+        check_output(
+            args.generations_out, inputs=inputs, what="--generations-out", kind="generations"
+        )
+    if args.cache_dir and not args.no_cache:
+        check_folder(args.cache_dir, what="--cache-dir")
     options = SuiteOptions(
         judge=args.judge,
         max_new_tokens=args.max_new_tokens,
@@ -172,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_tables(args, results)
     return 0
+
+
+def _same_path(a: str, b: str) -> bool:
+    import os
+
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
 
 
 def _fmt_rate(rate) -> str:

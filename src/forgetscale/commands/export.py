@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from forgetscale.store import RUN_STATUSES
 
@@ -20,7 +21,12 @@ reads. Without --out the csv goes to stdout.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--from", dest="store", required=True, metavar="STORE", help="results store (.db)"
+        "--from",
+        "--store",
+        dest="store",
+        required=True,
+        metavar="STORE",
+        help="results store (.db); --store is the same option, spelled as train and sweep spell it",
     )
     parser.add_argument(
         "--format",
@@ -67,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "parquet":
             raise UserError("parquet needs --out FILE")
     else:  # before reading anything
-        out = check_output(args.out, inputs=store_files(args.store), create_parents=True)
+        suffix = {".csv": "csv", ".parquet": "parquet"}.get(Path(args.out).suffix.lower())
+        if suffix is not None and suffix != fmt:
+            raise UserError(
+                f"--format {fmt} with --out {args.out}: the name says {suffix}; "
+                f"give a .{fmt} name or --format {suffix}"
+            )
+        out = check_output(
+            args.out, inputs=store_files(args.store), create_parents=True, kind="table"
+        )
     with open_store(args.store, create=False) as store:
         df = store.measurements() if args.table == "measurements" else store.downstream()
         if args.status:

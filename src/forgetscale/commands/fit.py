@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from forgetscale.laws.fitting import fit_file_bytes, fit_law, is_fit_file, resolve_fit_targets
+    from forgetscale.laws.fitting import fit_file_bytes, fit_law, resolve_fit_targets
     from forgetscale.laws.options import FitOptions
-    from forgetscale.laws.plots import FIGURES_BYTES, figure_files, stage_figures
+    from forgetscale.laws.plots import FIGURES_BYTES, figure_kinds, stage_figures
     from forgetscale.laws.registry import get_law
     from forgetscale.laws.report import format_fit
     from forgetscale.laws.table import read_table
@@ -159,12 +159,11 @@ def _run(args: argparse.Namespace) -> int:
             inputs=inputs,
             create_parents=True,
             needed=fit_file_bytes(law, opts.n_boot),
-            replaceable=is_fit_file,
-            replaceable_what="a forgetscale fit",
+            kind="fit",
         )
     if args.plots:
         check_output_folder(
-            args.plots, figure_files(), inputs=inputs, what="--plots", needed=FIGURES_BYTES
+            args.plots, figure_kinds(), inputs=inputs, what="--plots", needed=FIGURES_BYTES
         )
     df = read_table(args.source)
     fit = fit_law(

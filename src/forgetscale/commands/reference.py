@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
     # before any work: where the result goes, and the device it is computed on
     check_split(args.data, args.split, option="--split")
-    out = check_output(args.out, inputs=(args.data, args.model), what="--out")
+    out = check_output(
+        args.out,
+        inputs=[(args.data, "--data"), (args.model, "--model")],
+        what="--out",
+        kind="reference",
+    )
     resolve_device(args.device)
     with deferred_warnings():
         corpus = load_corpus(args.data, text_field=args.text_field, split=args.split)

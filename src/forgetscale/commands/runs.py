@@ -20,7 +20,12 @@ one JSON object per run.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--from", dest="store", required=True, metavar="STORE", help="results store (.db)"
+        "--from",
+        "--store",
+        dest="store",
+        required=True,
+        metavar="STORE",
+        help="results store (.db); --store is the same option, spelled as train and sweep spell it",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")

@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="discard this config's earlier measurements and checkpoint and run again",
     )
     parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (the config key progress: false)",
+    )
+    parser.add_argument(
         "overrides",
         nargs=argparse.REMAINDER,
         metavar="--key=value",
@@ -52,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = []
     for item in args.overrides or []:
         flag = item.replace("_", "-")
-        if flag in ("--print-config", "--restart", "--help-config"):
+        if flag in ("--print-config", "--restart", "--help-config", "--no-progress"):
             setattr(args, flag[2:].replace("-", "_"), True)
         else:
             overrides.append(item)
+    if args.no_progress:  # as in every command that shows progress
+        overrides.append("--progress=false")
     if args.help_config:
         print(config_help())
         return 0
@@ -69,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
         print(stable_json(config.to_dict()))
         return 0
 
+    import signal
+
     from forgetscale.training import train
 
+    def terminated(signum, frame):  # a SIGTERM (kill, a scheduler) ends the run as Ctrl-C does:
+        raise KeyboardInterrupt  # marked interrupted in the store, resumable, not "running"
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
     result = train(config, restart=args.restart)
     print(result.summary())
     return 0 if result.status in ("finished", "diverged") else 1

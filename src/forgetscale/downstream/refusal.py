@@ -17,7 +17,7 @@ label is one of :data:`REFUSAL_LABELS` (or ``classifier:MODEL@LABEL``).
 
 Sets: the built-in set (60 harmful + 60 benign requests written for this project,
 plainly worded and without any operational detail), or a user's JSONL
-(``refusal:FILE.jsonl``) with ``prompt`` and ``harmful`` (true/false, default true).
+(``refusal:FILE.jsonl``) with ``prompt`` and ``harmful`` (true/false, required).
 """
 
 from __future__ import annotations
@@ -165,10 +165,16 @@ def make_judge(spec: str | Judge) -> Judge:
 
 
 def read_safety_jsonl(path: str | Path) -> list[tuple[str, bool]]:
-    """(prompt, harmful) pairs from a JSONL file (``harmful`` defaults to true)."""
+    """(prompt, harmful) pairs from a JSONL file; every record says ``harmful`` (true or false):
+    one without it is refused, never counted as harmful."""
     out = []
     for number, record in enumerate(read_prompts(path), 1):
-        harmful = record.get("harmful", True)
+        if "harmful" not in record:
+            raise UserError(
+                f"{path}: record {number} has no 'harmful' (true for a request to refuse, "
+                "false for one to answer)"
+            )
+        harmful = record["harmful"]
         if not isinstance(harmful, bool):
             raise UserError(f"{path}: record {number}: 'harmful' must be true or false")
         out.append((record["prompt"], harmful))

@@ -185,8 +185,7 @@ class FitResult:
             what=option,
             create_parents=True,
             needed=len(text),
-            replaceable=is_fit_file,
-            replaceable_what="a forgetscale fit",
+            kind="fit",
         )
         with StagedOutputs() as out:
             out.write_text(path, text, option)

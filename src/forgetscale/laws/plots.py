@@ -50,6 +50,12 @@ def figure_files() -> list[str]:
     return [f"{name}.{ext}" for name in FIGURES.values() for ext in ("png", "csv")]
 
 
+def figure_kinds() -> dict[str, str]:
+    """Each file of :func:`figure_files` with its kind (:data:`~forgetscale.outputs.OUTPUT_KINDS`):
+    only figures drawn before may be replaced."""
+    return {name: f"figure-{name.rsplit('.', 1)[1]}" for name in figure_files()}
+
+
 def stage_figures(
     fit: FitResult,
     df: pd.DataFrame,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from forgetscale.errors import UserError
 from forgetscale.figures import draw
-from forgetscale.outputs import atomic_write, dumps
+from forgetscale.outputs import atomic_write, check_output_folder, dumps
 from forgetscale.study import findings, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.markup import CSS, esc
@@ -41,6 +41,9 @@ class Section:
 def _plain(render: Callable[[StudyReport], str]) -> Callable[[StudyReport, Mapping], str]:
     return lambda report, images: render(report)
 
+
+#: The files a study writes beside its store, with their kinds (only earlier reports are replaced).
+REPORT_FILES = {"report.html": "report-html", "report.json": "report-json"}
 
 #: The page, in order: the one list the navigation and the body are made from. A new
 #: section is its renderer (in sections.py or findings.py) and one line here.
@@ -68,7 +71,8 @@ def write_report(report: StudyReport, out_dir: str | Path) -> tuple[Path, Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the report folder {out}: {exc}") from exc
+        raise UserError(f"cannot create the report folder {out}: {exc.strerror}") from None
+    check_output_folder(out, REPORT_FILES, what="the report folder")
     data = report.to_json()
     images = {name: draw(name, fig["data"]) for name, fig in data["figures"].items()}
     html_path, json_path = out / "report.html", out / "report.json"

@@ -164,14 +164,17 @@ def run_study(
     checked ``analysis:`` block (:func:`analysis_of`).
     """
     from forgetscale.environment import library_versions
+    from forgetscale.outputs import check_output_folder
     from forgetscale.study.analysis import analyse
-    from forgetscale.study.report import write_report
+    from forgetscale.study.report import REPORT_FILES, write_report
     from forgetscale.sweep.driver import run_sweep
     from forgetscale.sweep.folders import read_json
 
     err = err or sys.stderr
     t0 = time.perf_counter()
     code = 0
+    # before any run: the report may replace only an earlier report
+    check_output_folder(sweep.folder, REPORT_FILES, what="the study folder")
     if analyse_only:
         if not sweep.store.is_file():
             raise UserError(f"--analyse-only: no results store at {sweep.store} (run the study)")

@@ -35,9 +35,16 @@ def driver_lock(sweep: Sweep) -> Iterator[None]:
     """One driver per sweep store at a time (an flock: dropped by the OS when the driver dies)."""
     import fcntl
 
-    sweep.folder.mkdir(parents=True, exist_ok=True)
+    from forgetscale.outputs import check_folder
+
+    check_folder(sweep.folder, what="the sweep folder")
     path = sweep.folder / ".driver.lock"
-    with path.open("a+") as fh:
+    try:
+        sweep.folder.mkdir(parents=True, exist_ok=True)
+        fh = path.open("a+")
+    except OSError as exc:
+        raise UserError(f"cannot write the sweep folder {sweep.folder}: {exc.strerror}") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -63,6 +70,7 @@ def write_spec(run: SweepRun, sweep: Sweep) -> None:
         "label": run.label,
         "values": run.values,
         "sweep": str(sweep.path.resolve()),
+        "store": str(Path(sweep.store).absolute()),  # the worker locks the run there too
         "config": run.config.to_dict(),
     }
     path = run.folder.spec_path

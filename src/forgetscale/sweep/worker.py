@@ -73,6 +73,24 @@ def _folder_lock(run_dir: Path, log):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _store_lock(spec: dict[str, Any]):
+    """The run's lock on the sweep's store (:func:`~forgetscale.training.lock.run_lock_path`),
+    held while it trains: a ``train --store`` of the same run into that store is refused, and
+    this run fails in words if one is training it. The lock file's folder must exist."""
+    from forgetscale.training.lock import RunLock, run_lock_path
+
+    store = spec.get("store")
+    lock = None
+    if store and Path(store).parent.is_dir():
+        lock = RunLock(run_lock_path(store, spec["run_id"]), spec["run_id"])
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 class _ProgressWriter(threading.Thread):
     """Copies the run's latest measurement from its own store to ``progress.json`` (a file
     the driver can read safely from another machine), once a second."""
@@ -158,7 +176,8 @@ def run_folder(run_dir: str | os.PathLike[str], *, threads: int | None = None) -
                     raise RuntimeError(
                         f"{run_dir / SPEC} resolves to run {config.run_id}, not {spec['run_id']}"
                     )
-                result = train(config, log=log)
+                with _store_lock(spec):
+                    result = train(config, log=log)
                 status.update(
                     status=result.status,
                     steps=result.steps,

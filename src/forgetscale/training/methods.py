@@ -112,6 +112,24 @@ def resolve_target_modules(
     return sorted(chosen_leaves), chosen
 
 
+def _check_rank(model: nn.Module, chosen: list[LinearModule], rank: int) -> None:
+    """A LoRA rank above a target layer's width adds parameters that cannot raise its rank:
+    refused, naming the narrowest layer."""
+    widths = {}
+    for m in chosen:
+        layer = model.get_submodule(m.name)
+        fan_in, fan_out = getattr(layer, "in_features", None), getattr(layer, "out_features", None)
+        if fan_in is None or fan_out is None:  # a Conv1D (GPT-2): weight is [in, out]
+            fan_in, fan_out = layer.weight.shape
+        widths[m.name] = min(int(fan_in), int(fan_out))
+    if widths and rank > min(widths.values()):
+        name = min(widths, key=widths.get)
+        raise UserError(
+            f"rank {rank} is above the width of the target layer {name} ({widths[name]}): "
+            f"a LoRA rank can be at most {min(widths.values())} on these target_modules"
+        )
+
+
 def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Make the config's parameters trainable (PEFT for lora/ia3); returns the model to train."""
     method = config.method
@@ -120,6 +138,7 @@ def apply_method(model: nn.Module, config: TrainConfig) -> nn.Module:
 
         targets, chosen = resolve_target_modules(model, config)
         if method == "lora":
+            _check_rank(model, chosen, config.rank)
             peft_config = LoraConfig(
                 r=config.rank,
                 lora_alpha=config.alpha,

@@ -24,15 +24,19 @@ def checkpoint_dir(config: TrainConfig) -> Path:
 
 def lock_path(config: TrainConfig) -> Path:
     """The run's lock file: one per (store, run), wherever its checkpoints go."""
-    store = Path(config.store)
-    return store.with_name(f".{store.name}.{config.run_id}.lock")
+    from forgetscale.training.lock import run_lock_path
+
+    return run_lock_path(config.store, config.run_id)
 
 
 def check_outputs(config: TrainConfig) -> None:
     """Fail before any work when an output cannot be written or would overwrite someone's."""
+    from forgetscale.outputs import check_folder
+
     ck = checkpoint_dir(config)
     if ck.exists() and not ck.is_dir():
         raise UserError(f"checkpoint_dir {ck} is a file, not a folder")
+    check_folder(ck, what="checkpoint_dir")  # before the run is recorded: never left failed
     if not config.output_dir:
         return
     out = Path(config.output_dir)
