@@ -24,6 +24,7 @@ from forgetscale.study import findings, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.figures import draw
 from forgetscale.study.markup import CSS, esc
+from forgetscale.study.trust import trust_section
 
 #: The page's sections, in order: ``(anchor, title)``, linked from the top of the page.
 SECTIONS = [
@@ -34,6 +35,7 @@ SECTIONS = [
     ("laws", "Laws"),
     ("paper", "The paper's constants"),
     ("predict", "What would rank r forget"),
+    ("trust", "Can I trust these predictions?"),
     ("hardsoft", "Hard vs soft L_f"),
     ("forgotten", "What was forgotten"),
 ]
@@ -71,6 +73,7 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
             findings.laws(report),
             findings.paper(report),
             findings.predictions(report),
+            trust_section(report),
             findings.hard_vs_soft(report),
             findings.forgotten(report),
             "<hr><p class='note'>Every number on this page is in <code>report.json</code> "
