@@ -152,6 +152,14 @@ def emit_snippet(fmt: str, store: Path, choice: dict[str, Any]) -> str:
             f"    warmup_steps={int(get('warmup_steps'))},",
             f"    weight_decay={float(get('weight_decay'))!r},",
             f"    seed={int(get('seed'))},",
+            (
+                "    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),"
+                "  # the pilot trained in bfloat16"
+                if get("dtype") == "bfloat16"
+                else "    bf16=False,"
+            ),
             ")",
         ]
+        if get("dtype") == "bfloat16":
+            lines[2:2] = ["import torch"]
     return "\n".join(lines) + "\n"
