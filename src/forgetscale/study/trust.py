@@ -88,8 +88,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
 
 def trust_section(r: StudyReport) -> str:
     rows = trust_rows(r.laws, r.best)
-    out = ['<h2 id="trust">Can I trust these predictions?</h2>']
-    out.append(f"<p><b>{esc(verdict(rows))}</b></p>")
+    out = [f"<p><b>{esc(verdict(rows))}</b></p>"]
     if not rows:
         return "".join(out)
     kinds = sorted({row["interval"] for row in rows if row["interval"]})
