@@ -298,7 +298,7 @@ def make_plan(
             c = cand[b.target]
             upper = c["hi"] if c["hi"] is not None else c["value"]
             meets = upper is not None and upper <= lim
-            c.setdefault("limit", lim)
+            c["limit"] = min(c.get("limit", lim), lim)
             c["meets"] = bool(c.get("meets", True) and meets)
             if upper is None:
                 why.append(f"{b.target} not finite")
