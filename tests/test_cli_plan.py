@@ -184,3 +184,28 @@ def test_emitted_snippets_load_with_the_real_classes(pilot, fmt, capsys, tmp_pat
         sft = scope["sft_config"]
         assert (sft.max_steps, sft.learning_rate, sft.per_device_train_batch_size) == (
             steps, 1e-4, 8)  # fmt: skip
+
+
+def test_check_reports_the_planned_run_against_its_interval(pilot, capsys, tmp_path):
+    store, fits = pilot
+    args = ["--fit", *fits, "--from", str(store), "--budget", "forgetting_loss<=+1.2",
+            "--ranks", "4", "8", "--steps", "50", "100", "--json"]  # fmt: skip
+    rc, out, _ = _plan(capsys, *args)
+    choice = json.loads(out)["choice"]
+    # the planned run, drawn from the same laws with another noise seed
+    planned = tmp_path / "planned.db"
+    make_store(planned, ranks=(choice["rank"],), steps=(1, choice["step"]), noise=NOISE, seed=7)
+    rc, out, _ = _plan(capsys, *args, "--check", str(planned))
+    assert rc == 0
+    check = json.loads(out)["check"]
+    assert check["step"] == choice["step"] and len(check["runs"]) == 1
+    for t in ("finetune_loss", "forgetting_loss"):
+        c = check["targets"][t]
+        truth = law_value(t, P_PER_RANK * choice["rank"], choice["step"])
+        assert abs(c["observed"] - truth) < 4 * NOISE * truth
+        assert c["inside"] == (c["predicted"]["lo"] <= c["observed"] <= c["predicted"]["hi"])
+    rc, out, _ = _plan(capsys, *args[:-1], "--check", str(planned))
+    assert "check (run-r" in out and ("inside" in out or "OUTSIDE" in out)
+    # a table without the planned run is one line
+    rc, out, err = _plan(capsys, *args, "--check", str(store).replace("results", "none"))
+    assert rc == 2 and "--check: no such file" in err

@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '"held_out", "notes"}; each prediction {value, lo, hi}; NaN as null',
     )
     parser.add_argument(
+        "--check",
+        metavar="TABLE",
+        help="the planned run, once run (a results store or export): report predicted "
+        "against observed at the chosen P and N, inside the interval or not",
+    )
+    parser.add_argument(
         "--emit", choices=("peft", "trl", "forgetscale"), help="print the chosen configuration"
     )
 
@@ -129,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     from forgetscale.laws.planning import (
         LawUse,
         base_values,
+        check_plan,
         fit_for_plan,
         make_plan,
         parse_budget,
@@ -146,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
         check_values(args.params, "--params", above=0)
     if args.ranks is not None and min(args.ranks) < 1:
         raise UserError(f"--ranks must be >= 1, got {min(args.ranks)}")
+    if args.check is not None and not Path(args.check).exists():
+        raise UserError(f"--check: no such file: {args.check}")
     if args.source is None and not args.fit:
         raise UserError("give --from (the pilot's runs) or --fit (saved fits)")
     if args.fit and args.law:
@@ -191,6 +200,13 @@ def _run(args: argparse.Namespace) -> int:
                        ranks=args.ranks)  # fmt: skip
     if ppr is not None:
         result["params_per_rank"] = ppr
+    if args.check is not None:
+        if result["choice"] is None:
+            result["notes"].append("nothing to check: no candidate was chosen")
+        else:
+            result["check"] = check_plan(
+                laws, result["choice"], read_table(_store_of(args.check)), coverage=args.coverage
+            )
     snippet = None
     if args.emit and result["choice"] is not None:
         assert store is not None

@@ -83,6 +83,15 @@ def format_plan(plan: dict[str, Any]) -> str:
     if beyond:
         lines.append(f"{sum(1 for c in plan['candidates'] if c['beyond_tested'])} candidate(s) "
                      "lie beyond what the held-out tests checked")  # fmt: skip
+    check = plan.get("check")
+    if check:
+        for t, c in check["targets"].items():
+            verdict = {True: "inside", False: "OUTSIDE", None: "not measured"}[c["inside"]]
+            lines.append(
+                f"check ({', '.join(check['runs'])}, P {_g(check['params_trained'])}, N "
+                f"{_g(check['step'], 6)}): {TARGETS[t].symbol} observed {_g(c['observed'])}, "
+                f"predicted {_pred(c['predicted'])}: {verdict}"
+            )
     lines.extend(f"note: {n}" for n in plan["notes"])
     return "\n".join(lines)
 

@@ -373,3 +373,60 @@ def _extrapolation_flags(
                     f"reached {tested:.2g}x" + (f" (held-out error: {ratio})" if ratio else "")
                 )
     return {"factors": factors, "beyond": beyond}
+
+
+def check_plan(
+    laws: Mapping[str, LawUse],
+    choice: Mapping[str, Any],
+    df: pd.DataFrame,
+    *,
+    coverage: float,
+    tolerance: float = 0.05,
+) -> dict[str, Any]:
+    """Predicted against observed for the planned run, once it has been run: the rows of
+    ``df`` at the chosen step whose P is within ``tolerance`` of the chosen P. Each
+    target: the interval at the runs' own P, the observed mean, and whether each run's
+    value fell inside (``{"runs", "params_trained", "step", "targets": {...}}``)."""
+    from forgetscale.laws.table import _column
+
+    P, N = float(choice["params_trained"]), float(choice["step"])
+    if "params_trained" not in df or "step" not in df:
+        raise UserError("--check: the table needs the columns params_trained and step")
+    p = df["params_trained"].astype(float).to_numpy()
+    rows = df[(np.abs(p / P - 1) <= tolerance) & (df["step"].astype(float) == N)]
+    if not len(rows):
+        raise UserError(
+            f"--check: no run in the table has P within {tolerance:.0%} of {P:.4g} measured "
+            f"at step {N:g} (the planned run)"
+        )
+    out: dict[str, Any] = {
+        "runs": sorted(rows["run_id"].astype(str).unique()),
+        "params_trained": float(rows["params_trained"].astype(float).mean()),
+        "step": N,
+        "targets": {},
+    }
+    for t, use in laws.items():
+        present = t in rows or (t == "disagreement" and "agreement" in rows)
+        if not present:
+            continue
+        y = _column(rows, t)
+        spec = use.fit.law_spec
+        X = {"params_trained": rows["params_trained"].astype(float).to_numpy(),
+             "step": np.full(len(rows), N)}  # fmt: skip
+        value, lo, hi = interval(spec, use.fit.params, {v: X[v] for v in spec.variables}, t,
+                                 bootstrap=use.fit.bootstrap, noise=use.fit.noise.get(t),
+                                 level=coverage)  # fmt: skip
+        ok = np.isfinite(y)
+        inside = (lo is not None and hi is not None) and bool(
+            np.all((y[ok] >= lo[ok]) & (y[ok] <= hi[ok]))
+        )
+        out["targets"][t] = {
+            "observed": float(np.mean(y[ok])) if ok.any() else None,
+            "predicted": _cell(
+                float(np.mean(value)),
+                None if lo is None else np.mean(lo),
+                None if hi is None else np.mean(hi),
+            ),  # fmt: skip
+            "inside": inside if ok.any() else None,
+        }
+    return out
