@@ -16,8 +16,10 @@ from forgetscale.laws.presets import TABLE1
 from forgetscale.laws.synthetic import synthetic_runs
 
 FIT_KEYS = {
-    "law", "target", "params", "ci", "r2", "rmse", "n_points", "converged", "holdout", "notes"
+    "law", "target", "params", "ci", "r2", "rmse", "n_points", "converged", "holdout", "notes",
+    "noise", "ranges",
 }  # fmt: skip
+HOLDOUT_KEYS = {"r2", "rmse", "n_points", "coverage", "extrapolation", "interval"}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +58,17 @@ def test_fit_joint_law_with_holdout_json(runs_csv, capsys):
     assert set(d) == FIT_KEYS
     assert d["target"] == ["finetune_loss", "forgetting_loss"]
     assert set(d["r2"]) == {"finetune_loss", "forgetting_loss"}
-    assert set(d["holdout"]) == {"r2", "rmse", "n_points"} and d["holdout"]["n_points"] > 0
+    assert set(d["holdout"]) == HOLDOUT_KEYS and d["holdout"]["n_points"] > 0
     assert d["ci"] == {}
+    # no bootstrap: the intervals are the run-to-run noise of the two seeds per P alone
+    assert d["noise"]["forgetting_loss"]["source"] == "seed replicates"
+    assert d["holdout"]["interval"].startswith("run-to-run noise from seed replicates")
+    for t in ("finetune_loss", "forgetting_loss"):
+        cov = d["holdout"]["coverage"][t]
+        assert set(cov) == {"0.8", "0.95"} and 0 <= cov["0.8"] <= cov["0.95"] <= 1
+    # the largest P (rank 256) is 2x the largest fitted (rank 128); N is not extrapolated
+    assert d["holdout"]["extrapolation"] == {"params_trained": 2.0, "step": 1.0}
+    assert d["ranges"]["step"] == [50.0, 260.0]
 
 
 def test_fit_text_save_plots_then_predict(runs_csv, tmp_path, capsys):

@@ -82,3 +82,21 @@ def test_json_with_an_overflowing_prediction_writes_null_and_a_note(tmp_path, ca
     assert main([*PRESET, "--params", "4e7", "--steps", "100", "--json"]) == 0
     one = strict_json(capsys.readouterr().out)
     assert one["notes"] == [] and one["forgetting_loss"] > 0
+
+
+def test_intervals_are_for_a_new_run_unless_asked_for_the_mean_law(tmp_path, capsys):
+    df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0, runs_per_p=2)
+    path = tmp_path / "fit.json"
+    fit_law(df, "multiplicative", n_boot=10, workers=1).save(path)
+    args = ["predict", "--law", str(path), "--params", "4e7", "--steps", "200", "--json"]
+    assert main(args) == 0
+    run = strict_json(capsys.readouterr().out)
+    assert main([*args, "--interval", "mean"]) == 0
+    mean = strict_json(capsys.readouterr().out)
+    (rlo, rhi), (mlo, mhi) = run["ci"]["forgetting_loss"], mean["ci"]["forgetting_loss"]
+    assert rlo < mlo <= mhi < rhi
+    assert run["interval"].startswith("95% interval for a new run")
+    assert "seed replicates" in run["interval"]
+    assert mean["interval"].startswith("95% interval of the mean law")
+    assert main(args[:-1]) == 0  # the text output names the kind too
+    assert "L_f: 95% interval for a new run" in capsys.readouterr().out

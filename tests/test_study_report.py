@@ -104,8 +104,28 @@ def test_page_says_what_a_reader_needs(good_report):
     # the noise floor under every figure
     assert text.count("Noise floor: typical difference between seeds: L_f (hard) ") == len(FIGURES)
     # the predictions table holds the ranks not run
-    section = text.split('id="predict"')[1].split('id="hardsoft"')[0]
+    section = text.split('id="predict"')[1].split('id="trust"')[0]
     assert '<td class="num">64</td>' in section and '<td class="num">128</td>' in section
+    assert "Intervals: L_f (hard): 95% interval for a new run: fit uncertainty" in section
+
+
+def test_the_trust_section_shows_the_coverage_report_json_holds(good_report):
+    html_path, json_path = good_report
+    data = _strict_json(json_path)
+    section = html_path.read_text().split('id="trust"')[1].split('id="hardsoft"')[0]
+    assert "Can I trust these predictions?" in section
+    best = data["best"]["forgetting_loss"]["law"]
+    entry = next(e for e in data["laws"]["forgetting_loss"] if e["law"] == best)
+    for key, name in (("held_out_runs", "held-out runs"), ("held_out_steps", "held-out steps")):
+        ev = entry[key]
+        assert set(ev["coverage"]) == {"0.8", "0.95"}
+        assert all(0 <= v <= 1 for v in ev["coverage"].values())
+        assert name in section
+        assert f'<td class="num">{100 * ev["coverage"]["0.95"]:.3g}</td>' in section
+    # held-out steps reach beyond the fitted N, held-out runs beyond the fitted P
+    assert entry["held_out_steps"]["extrapolation"]["step"] > 1
+    assert entry["held_out_runs"]["extrapolation"]["params_trained"] > 1
+    assert entry["held_out_runs"]["extrapolation"]["step"] == 1
 
 
 def test_on_bound_fits_are_flagged_in_words_not_results(tmp_path):

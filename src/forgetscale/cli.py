@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "fit",
     "predict",
+    "plan",
     "compare",
     "study",
 )
@@ -40,7 +41,7 @@ forgetscale measures how much a language model forgets when it is fine-tuned,
 fits the scaling laws of forgetting (Kalajdzievski, arXiv 2401.05605) to your
 runs, and predicts forgetting before you spend the compute.
 
-pipeline:  reference -> measure | train/sweep -> runs/export -> fit -> predict/compare
+pipeline:  reference -> measure | train/sweep -> runs/export -> fit -> predict/plan/compare
 the main job in one command:  study (runs, laws tested on runs they never saw, report.html)
 """
 

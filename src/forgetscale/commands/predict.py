@@ -16,6 +16,11 @@ Llama 2 7B LoRA runs with P of about 2e7..6.4e8 and steps 50..260). Several
 --params and --steps values give every combination. Every value must be finite and
 positive (steps > 0 for power laws in N).
 
+Intervals (95%) are for one new run by default: the fit's uncertainty (bootstrap over
+runs) combined with the run-to-run noise the fit measured (seed replicates where the
+runs have them, the spread of its residuals otherwise); --interval mean gives the band
+of the mean law only. The output says which kind it shows.
+
 examples:
   forgetscale predict --law kalajdzievski:openorca --params 4e7 --steps 200
   forgetscale predict --law fit.json --params 2e7 8e7 --steps 100 500 --json
@@ -39,10 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fine-tuning loss (for the linear law)",
     )
     parser.add_argument(
+        "--interval",
+        choices=("run", "mean"),
+        default="run",
+        help="run: 95%% interval for one new run (fit uncertainty + run-to-run noise); "
+        "mean: the bootstrap band of the mean law (default: %(default)s)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print JSON: one object (or a list) with keys finetune_loss, forgetting_loss "
-        "(and any other target the fit predicts), ci and notes; NaN/inf as null",
+        "(and any other target the fit predicts), ci, interval (its kind in words) and "
+        "notes; NaN/inf as null",
     )
 
 
@@ -51,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from forgetscale.laws.intervals import MEAN_LAW, NEW_RUN
     from forgetscale.laws.prediction import predict, resolve_law
-    from forgetscale.laws.registry import get_preset
+    from forgetscale.laws.registry import TARGETS, get_preset
     from forgetscale.laws.report import format_prediction
     from forgetscale.outputs import dumps, json_safe
 
@@ -70,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         fit,
         **{v: columns.get(v) for v in ("params_trained", "step")},
         finetune_loss=columns.get("finetune_loss"),
+        kind=NEW_RUN if args.interval == "run" else MEAN_LAW,
     )
+    kinds = {t: r["interval"] for t, r in result.items()}
     rows = []
     for i in range(len(combos)):
         row: dict = {}
@@ -78,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
             row["finetune_loss_in" if v == "finetune_loss" else v] = columns[v][i]
         row["finetune_loss"] = row["forgetting_loss"] = None
         row["ci"] = {}
+        row["interval"] = kinds[fit.targets[0]] if len(set(kinds.values())) == 1 else kinds
         for t, r in result.items():
             row[t] = float(r["value"][i])
-            if r["lo"] is not None:
+            if r["lo"] is not None and np.isfinite([r["lo"][i], r["hi"][i]]).all():
                 row["ci"][t] = [float(r["lo"][i]), float(r["hi"][i])]
         rows.append(row)
     values = np.array([r[t] for r in rows for t in result])
@@ -99,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             header = f"{args.law}: law {spec.name} fitted on {fit.n_points} points"
         print(format_prediction(rows, header))
+        for t, kind in kinds.items():
+            print(f"{TARGETS[t].symbol}: {kind}")
     if not np.isfinite(values).all():
         print(
             "warning: some predictions are not finite (the law overflows at these inputs)",

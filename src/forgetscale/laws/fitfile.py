@@ -135,6 +135,19 @@ def load_fit(path: str | Path) -> FitResult:
             "rmse": _Fields(holdout, path).by_target("rmse", targets),
             "n_points": _Fields(holdout, path).get("n_points", int, 0),
             "description": _Fields(holdout, path).get("description", str, ""),
+            "coverage": {
+                t: {
+                    str(k): _Fields(holdout, path).number(v, f"holdout_by_target.coverage.{t}")
+                    for k, v in c.items()
+                }
+                for t, c in _Fields(holdout, path).get("coverage", dict, {}).items()
+                if t in targets and isinstance(c, dict)
+            },
+            "extrapolation": {
+                str(k): _Fields(holdout, path).number(v, f"holdout_by_target.extrapolation.{k}")
+                for k, v in _Fields(holdout, path).get("extrapolation", dict, {}).items()
+            },
+            "interval": _Fields(holdout, path).get("interval", str, ""),
         }
     return FitResult(
         law=law.name,
@@ -162,4 +175,41 @@ def load_fit(path: str | Path) -> FitResult:
             if isinstance(v, (int, float))
         },
         notes=[str(n) for n in f.get("notes", list, [])],
+        noise=_noise(f, targets),
+        ranges=_ranges(f, law),
     )
+
+
+def _noise(f: _Fields, targets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for t, d in f.get("noise", dict, {}).items():
+        if t not in targets:
+            raise f.fail(f"noise.{t}", "names no target of the fit")
+        if not isinstance(d, dict):
+            raise f.fail(f"noise.{t}", f"must be an object, got {d!r}")
+        g = _Fields(d, f.path)
+        sigma = f.number(d.get("sigma"), f"noise.{t}.sigma", finite=False)
+        if math.isfinite(sigma) and sigma < 0:
+            raise f.fail(f"noise.{t}.sigma", f"must be >= 0, got {sigma:g}")
+        dof = g.get("dof", int, 1)
+        if dof < 1:
+            raise f.fail(f"noise.{t}.dof", f"must be >= 1, got {dof}")
+        out[t] = {
+            "sigma": sigma,
+            "dof": dof,
+            "source": g.get("source", str, ""),
+            "n_groups": g.get("n_groups", int, 0),
+        }
+    return out
+
+
+def _ranges(f: _Fields, law: Law) -> dict[str, list[float]]:
+    out = {}
+    for v, r in f.get("ranges", dict, {}).items():
+        if v not in law.variables or not isinstance(r, list) or len(r) != 2:
+            raise f.fail(f"ranges.{v}", "must be [min, max] of a variable of the law")
+        lo, hi = f.number(r[0], f"ranges.{v}"), f.number(r[1], f"ranges.{v}")
+        if lo > hi:
+            raise f.fail(f"ranges.{v}", f"has min {lo:g} above max {hi:g}")
+        out[v] = [lo, hi]
+    return out

@@ -35,6 +35,13 @@ import numpy as np
 from forgetscale.errors import UserError
 from forgetscale.laws._threads import single_blas_thread
 from forgetscale.laws.bootstrap import bootstrap_params
+from forgetscale.laws.intervals import (
+    NEW_RUN,
+    describe,
+    extrapolation_factors,
+    holdout_coverage,
+    run_noise,
+)
 from forgetscale.laws.objective import HUBER_DELTA, Objective
 from forgetscale.laws.options import FitOptions
 from forgetscale.laws.registry import Law, get_law
@@ -89,6 +96,11 @@ class FitResult:
         seconds: Wall time of the fit (without bootstrap) and of the bootstrap.
         notes: Warnings in words: not converged, parameters on a bound, failed
             bootstrap refits, no interval from a single run.
+        noise: Run-to-run spread of the log losses per target (``sigma``, ``dof``,
+            ``source``: seed replicates or residual spread), for intervals of a new run
+            (:mod:`forgetscale.laws.intervals`); empty for presets and older fits.
+        ranges: ``{variable: [min, max]}`` of the rows fitted (what lies beyond is
+            extrapolation).
     """
 
     law: str
@@ -110,6 +122,8 @@ class FitResult:
     bootstrap: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    noise: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ranges: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def law_spec(self) -> Law:
@@ -135,6 +149,11 @@ class FitResult:
                 "r2": self._scalar_or_dict(self.holdout["r2"]),
                 "rmse": self._scalar_or_dict(self.holdout["rmse"]),
                 "n_points": self.holdout["n_points"],
+                "coverage": self._scalar_or_dict(self.holdout.get("coverage") or {})
+                if self.holdout.get("coverage")
+                else None,
+                "extrapolation": self.holdout.get("extrapolation") or {},
+                "interval": self.holdout.get("interval", ""),
             }
         return {
             "law": self.law,
@@ -146,6 +165,8 @@ class FitResult:
             "n_points": self.n_points,
             "converged": self.converged,
             "holdout": holdout,
+            "noise": {t: dict(v) for t, v in self.noise.items()},
+            "ranges": {v: list(r) for v, r in self.ranges.items()},
             "notes": list(self.notes),
         }
 
@@ -418,6 +439,7 @@ def fit_law(
         assert isinstance(opts.holdout, Holdout)
         holdout_quality = _evaluate(spec, params, held, targets)
         holdout_quality["description"] = opts.holdout.describe(held)
+        holdout_quality["extrapolation"] = extrapolation_factors(train.columns, held.columns)
     result = FitResult(
         law=spec.name,
         targets=targets,
@@ -429,6 +451,11 @@ def fit_law(
         min_step=opts.min_step,
         holdout=holdout_quality,
         seconds=seconds,
+        noise=run_noise(spec, params, train.run_id, train.columns, targets),
+        ranges={
+            v: [float(train.columns[v].min()), float(train.columns[v].max())]
+            for v in spec.variables
+        },
         **info,
     )
     if not result.converged:
@@ -457,6 +484,13 @@ def fit_law(
         failed = int((~np.all(np.isfinite(boot), axis=1)).sum())
         if failed:
             result.notes.append(f"{failed} bootstrap refits failed and were ignored")
+    if held is not None and result.holdout is not None:
+        result.holdout["coverage"] = holdout_coverage(
+            spec, params, result.bootstrap, result.noise, held.columns, targets
+        )
+        n_boot = 0 if result.bootstrap is None else len(result.bootstrap)
+        noise = result.noise.get(targets[0])
+        result.holdout["interval"] = describe(NEW_RUN, n_boot, noise).split(":", 1)[-1].strip()
     return result
 
 

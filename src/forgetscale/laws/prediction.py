@@ -10,6 +10,7 @@ import numpy as np
 from forgetscale.errors import UserError
 from forgetscale.laws.fitfile import load_fit
 from forgetscale.laws.fitting import CI_LEVEL, FitResult
+from forgetscale.laws.intervals import MEAN_LAW, NEW_RUN, describe, interval
 from forgetscale.laws.options import check_values
 from forgetscale.laws.registry import get_law, get_preset, list_presets
 
@@ -47,12 +48,15 @@ def predict(
     *,
     finetune_loss: Any = None,
     level: float = CI_LEVEL,
-) -> dict[str, dict[str, np.ndarray | None]]:
+    kind: str = NEW_RUN,
+) -> dict[str, dict[str, Any]]:
     """Predict losses from a preset, a saved fit or a :class:`FitResult`.
 
     Returns ``{target: {"value": array, "lo": array | None, "hi": array | None}}`` for
-    every target the fit predicts; the interval is the bootstrap percentile interval
-    of the prediction when the fit has bootstrap refits. Inputs must be finite and
+    every target the fit predicts, plus ``"interval"``: the kind of interval in words.
+    ``kind=NEW_RUN`` (default) is the interval for one new run (bootstrap refits x
+    run-to-run noise, :func:`~forgetscale.laws.intervals.interval`); ``MEAN_LAW`` the
+    bootstrap band of the mean law only. Inputs must be finite and
     positive (steps > 0 for power laws in N); a variable the law does not read is
     refused rather than ignored.
     """
@@ -68,6 +72,8 @@ def predict(
     if unused:
         reads = ", ".join(VARIABLE_FLAGS[v] for v in spec.variables)
         raise UserError(f"law {spec.name!r} does not use {', '.join(unused)} (it reads {reads})")
+    if kind not in (NEW_RUN, MEAN_LAW):
+        raise UserError(f"interval kind must be {NEW_RUN!r} or {MEAN_LAW!r}, got {kind!r}")
     if not (0 < level < 1):
         raise UserError(f"level must lie strictly between 0 and 1, got {level}")
     X = {}
@@ -88,18 +94,23 @@ def predict(
     except ValueError:
         shapes = ", ".join(f"{VARIABLE_FLAGS[v]}: {len(x)}" for v, x in X.items())
         raise UserError(f"the inputs have different lengths ({shapes})") from None
-    n = len(next(iter(X.values())))
-    out: dict[str, dict[str, np.ndarray | None]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    n_boot = 0 if fit.bootstrap is None else len(fit.bootstrap)
     for t in fit.targets:
-        with np.errstate(all="ignore"):
-            value = np.broadcast_to(spec.predict(fit.params, X, t), (n,))
-        lo = hi = None
-        if fit.bootstrap is not None and len(fit.bootstrap):
-            boot = fit.bootstrap[np.all(np.isfinite(fit.bootstrap), axis=1)]
-            theta = {p: boot[:, i : i + 1] for i, p in enumerate(spec.param_names)}
-            with np.errstate(all="ignore"):
-                draws = np.broadcast_to(spec.predict(theta, X, t), (len(boot), n))
-            if len(boot):
-                lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)], axis=0)
-        out[t] = {"value": np.asarray(value, dtype=float), "lo": lo, "hi": hi}
+        value, lo, hi = interval(
+            spec,
+            fit.params,
+            X,
+            t,
+            bootstrap=fit.bootstrap,
+            noise=fit.noise.get(t),
+            level=level,
+            kind=kind,
+        )
+        out[t] = {
+            "value": value,
+            "lo": lo,
+            "hi": hi,
+            "interval": describe(kind, n_boot, fit.noise.get(t), level),
+        }
     return out

@@ -67,8 +67,29 @@ def format_fit(fit: FitResult) -> str:
         lines.append(row)
     if fit.holdout is not None:
         lines.append("ratio: held-out RMSE / in-sample RMSE (near 1: the law extrapolates)")
+        lines.extend(format_coverage(fit.holdout, fit.targets))
     lines.extend(f"warning: {note}" for note in fit.notes)
     return "\n".join(lines)
+
+
+def format_coverage(holdout: dict[str, Any], targets: Sequence[str]) -> list[str]:
+    """Lines on calibration: held-out points inside the nominal intervals for a new run,
+    and how far beyond the fitted range the held-out test reaches."""
+    lines = []
+    factors = holdout.get("extrapolation") or {}
+    reach = ", ".join(
+        f"{'N' if v == 'step' else 'P'} up to {f:.2g}x the fitted range" for v, f in factors.items()
+    )
+    if reach:
+        lines.append(f"this held-out test extrapolates {reach}")
+    for t in targets:
+        cov = (holdout.get("coverage") or {}).get(t)
+        if cov:
+            shares = ", ".join(f"{float(k):.0%} interval: {v:.0%}" for k, v in cov.items())
+            lines.append(f"held-out {t} inside the nominal intervals for a new run: {shares}")
+    if lines and holdout.get("interval"):
+        lines.append(f"(intervals: {holdout['interval']})")
+    return lines
 
 
 def format_compare(rows: Sequence[dict[str, Any]], target: str, holdout_desc: str) -> str:

@@ -169,9 +169,11 @@ def predictions(r: StudyReport) -> str:
         "error among fits with no parameter on a bound): "
         + ", ".join(f"{sym(t)}: {esc(law)}" for t, law in pr["laws"].items())
         + f". P for a rank comes from P = c·r fitted on the runs (c = {num_text(ppr['c'], 5)}, "
-        f"largest deviation {num_text(100 * ppr['max_relative_deviation'], 2)}%). Intervals: 95% "
-        f"bootstrap over whole runs. Ranks run: {esc(', '.join(map(str, pr['ranks_run'])))}; "
-        "a rank outside them is an extrapolation.</p>"
+        f"largest deviation {num_text(100 * ppr['max_relative_deviation'], 2)}%). "
+        f"Ranks run: {esc(', '.join(map(str, pr['ranks_run'])))}; "
+        "a rank outside them is an extrapolation. Intervals: "
+        + "; ".join(f"{sym(t)}: {esc(k)}" for t, k in pr.get("intervals", {}).items())
+        + ".</p>"
     )
     head = ["rank", "P", "N", "outside the ranks run"]
     for t in pr["targets"]:

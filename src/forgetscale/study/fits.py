@@ -38,6 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover
 HELD_OUT = (("held_out_runs", "held-out runs"), ("held_out_steps", "held-out steps"))
 
 
+#: Run resamples (at most) of each held-out fit, for the coverage of its intervals.
+HOLDOUT_BOOTSTRAP = 30
+
+
 def uses_p_and_n(law: str) -> bool:
     """Whether ``law`` predicts from P and N alone (the laws that can predict a rank)."""
     from forgetscale.laws import get_law
@@ -173,8 +177,11 @@ def holdout_evaluation(
 
     Returns plain data: ``description``, ``rmse``/``r2`` (held out), ``rmse_in_sample``/
     ``r2_in_sample`` (of the fit without them), ``ratio`` (held-out over in-sample RMSE),
-    ``n_held_out``, ``n_in_sample``, ``on_bound`` and ``converged`` of that fit, and the
-    ``points`` (run, P, step, split, observed, predicted).
+    ``n_held_out``, ``n_in_sample``, ``on_bound`` and ``converged`` of that fit,
+    ``coverage`` (share of held-out points inside the nominal 80% and 95% intervals for a
+    new run, from :data:`HOLDOUT_BOOTSTRAP` run resamples at most), ``extrapolation``
+    (how far beyond the fitted P and N the held-out points lie, as factors), the
+    ``interval`` in words, and the ``points`` (run, P, step, split, observed, predicted).
     """
     from forgetscale.laws import Holdout, evaluate_holdout
 
@@ -190,7 +197,16 @@ def holdout_evaluation(
         holdout = Holdout("runs", run_ids=tuple(ids))
     else:
         holdout = Holdout("largest-N", fraction=config.holdout_steps)
-    ev = evaluate_holdout(df, law, target, holdout, min_step=config.min_step, n_boot=0)
+    ev = evaluate_holdout(
+        df,
+        law,
+        target,
+        holdout,
+        min_step=config.min_step,
+        n_boot=min(config.bootstrap, HOLDOUT_BOOTSTRAP),
+        seed=config.seed,
+    )
+    measured = ev.fit.holdout or {}
     points = ev.points
     cols = ["run_id", "params_trained", "step", "split", target, f"predicted_{target}"]
     cols = [c for c in cols if c in points.columns]
@@ -216,6 +232,9 @@ def holdout_evaluation(
         "n_in_sample": ev.n_in_sample,
         "on_bound": list(ev.fit.on_bound),
         "converged": bool(ev.fit.converged),
+        "coverage": (measured.get("coverage") or {}).get(target) or {},
+        "extrapolation": measured.get("extrapolation") or {},
+        "interval": measured.get("interval", ""),
         "points": pts.to_dict(orient="list"),
     }
 

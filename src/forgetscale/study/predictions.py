@@ -1,7 +1,8 @@
 """What would rank r forget: the best law per target, evaluated at ranks not run.
 
 P for a rank comes from P = c * r fitted on the LoRA runs (:func:`params_per_rank`);
-N is the longest run's last step. Only a law with no parameter on a bound predicts
+N is the longest run's last step. Intervals are for one new run at that rank (fit
+uncertainty combined with run-to-run noise, :mod:`forgetscale.laws.intervals`). Only a law with no parameter on a bound predicts
 (:func:`~forgetscale.study.fits.best_law`); one that misses held-out points by more than
 :data:`~forgetscale.study.config.EXTRAPOLATION_RATIO` times its in-sample error carries a
 caveat. The ranks run are evaluated too, beside what was measured there.
@@ -123,7 +124,8 @@ def _predict(
     values: dict[str, dict[str, Any]] = {}
     for t in targets:
         fit = fits[(t, best[t]["law"])]  # type: ignore[index]
-        values[t] = predict(fit, params_trained=P, step=N)[t]
+        values[t] = predict(fit, params_trained=P, step=N)[t]  # for a new run
+    out["intervals"] = {t: values[t]["interval"] for t in targets}
     lo_run, hi_run = min(ranks_run), max(ranks_run)
     for i, r in enumerate(ranks):
         row: dict[str, Any] = {

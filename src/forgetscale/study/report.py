@@ -26,6 +26,7 @@ from forgetscale.outputs import atomic_write, check_output_folder, dumps
 from forgetscale.study import findings, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.markup import CSS, esc
+from forgetscale.study.trust import trust_section
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ SECTIONS: list[Section] = [
     Section("laws", "Laws", _plain(findings.laws)),
     Section("paper", "The paper's constants", _plain(findings.paper)),
     Section("predict", "What would rank r forget", _plain(findings.predictions)),
+    Section("trust", "Can I trust these predictions?", _plain(trust_section)),
     Section("hardsoft", "Hard vs soft L_f", _plain(findings.hard_vs_soft)),
     Section("forgotten", "What was forgotten", _plain(findings.forgotten)),
 ]

@@ -1,0 +1,432 @@
+"""Planning a fine-tune within a forgetting budget (``forgetscale plan``).
+
+Every candidate (P, N) is evaluated with the laws fitted to the pilot's runs: the
+predicted fine-tuning loss L_ft and each budgeted forgetting target, each with the
+central ``coverage`` interval for one new run (:func:`~forgetscale.laws.intervals.interval`).
+A candidate meets a budget when the upper end of that interval does; the choice is
+the candidate with the lowest predicted L_ft that meets every budget. Nothing is
+chosen when a law has a parameter on a bound (not identified) or no candidate meets
+the budgets; candidates beyond the fitted range are flagged, and so are those beyond
+the extrapolation factors the held-out tests covered (:class:`LawUse`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from forgetscale.errors import UserError
+from forgetscale.laws.intervals import NEW_RUN, describe, interval
+from forgetscale.laws.registry import TARGETS, get_law, list_laws
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from forgetscale.laws.fitting import FitResult
+
+#: Targets a budget may constrain (L_ft is what the plan minimises).
+BUDGET_TARGETS: tuple[str, ...] = tuple(t for t in TARGETS if t != "finetune_loss")
+#: The held-out tests ``plan`` runs on each law it fits.
+PLAN_TESTS: tuple[tuple[str, str], ...] = (("held-out runs", "largest-P"),
+                                           ("held-out steps", "largest-N"))  # fmt: skip
+_BUDGET = re.compile(r"^\s*([A-Za-z_]+)\s*<=\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``target <= value`` (absolute) or ``target <= base + value`` (``relative``: the
+    value at step 0, the base model)."""
+
+    target: str
+    value: float
+    relative: bool
+    text: str
+
+    def limit(self, base: Mapping[str, float] | None) -> float:
+        if not self.relative:
+            return self.value
+        if base is None or self.target not in base:
+            raise UserError(
+                f"--budget {self.text!r} is relative to the base model: the table needs "
+                f"step-0 rows with {self.target} (give --from with the runs' step 0)"
+            )
+        return base[self.target] + self.value
+
+
+def parse_budget(text: str) -> Budget:
+    """``"forgetting_loss<=2.4"`` or ``"kl<=+0.05"`` (at most 0.05 above step 0)."""
+    m = _BUDGET.match(text)
+    if not m:
+        raise UserError(
+            f"--budget {text!r}: write TARGET<=VALUE, e.g. forgetting_loss<=2.4 or "
+            "forgetting_loss<=+0.5 (at most 0.5 above the base model)"
+        )
+    target, raw = m.groups()
+    if target not in BUDGET_TARGETS:
+        extra = " (it is what plan minimises)" if target == "finetune_loss" else ""
+        raise UserError(
+            f"--budget {text!r}: unknown target {target!r}{extra}; use one of "
+            f"{', '.join(BUDGET_TARGETS)}"
+        )
+    relative = raw.startswith("+")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"--budget {text!r}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"--budget {text!r}: the value must be finite, got {raw}")
+    if not relative and value <= 0:
+        raise UserError(f"--budget {text!r}: an absolute limit must be > 0, got {value:g}")
+    return Budget(target, value, relative, text.strip())
+
+
+@dataclass
+class LawUse:
+    """A fitted law for one target and what the held-out tests found about it.
+
+    Attributes:
+        fit: The fit on every run (predicts the candidates).
+        tested: Largest extrapolation factor per variable that a held-out test covered.
+        ratios: Held-out over in-sample RMSE per test.
+        coverage: Share of held-out points inside the nominal intervals, per test.
+    """
+
+    fit: FitResult
+    tested: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    coverage: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_fit(cls, fit: FitResult) -> LawUse:
+        """From a saved fit: its own held-out test, if it had one."""
+        use = cls(fit)
+        h = fit.holdout
+        if h:
+            name = "held-out test"
+            use.tested = dict(h.get("extrapolation") or {})
+            t = fit.targets[0]
+            rmse_in = fit.rmse.get(t)
+            if rmse_in and h["rmse"].get(t) is not None:
+                use.ratios[name] = h["rmse"][t] / rmse_in
+            if (h.get("coverage") or {}).get(t):
+                use.coverage[name] = dict(h["coverage"][t])
+        return use
+
+    @property
+    def identified(self) -> bool:
+        return bool(self.fit.converged and not self.fit.on_bound)
+
+
+def power_laws_for(target: str) -> list[str]:
+    """Laws in P and N alone that predict ``target`` on their own (not joint)."""
+    out = []
+    for name in list_laws():
+        spec = get_law(name)
+        if (
+            target in spec.targets
+            and not spec.joint
+            and set(spec.variables)
+            == {
+                "params_trained",
+                "step",
+            }
+        ):
+            out.append(name)
+    return out
+
+
+def fit_for_plan(
+    df: pd.DataFrame,
+    targets: Sequence[str],
+    law: str | None,
+    *,
+    n_boot: int,
+    seed: int = 0,
+    min_step: float = 1,
+) -> dict[str, LawUse]:
+    """Fit a law per target (``law``, or the identified power law with the lowest
+    held-out error) on every run, plus its held-out tests; a joint ``law`` is fitted once
+    for all its targets."""
+    from forgetscale.laws.fitting import fit_law
+
+    def use_of(name: str, target: str | None) -> LawUse:
+        fit = fit_law(df, name, target, min_step=min_step, n_boot=n_boot, seed=seed)
+        use = LawUse(fit)
+        for test, scheme in PLAN_TESTS:
+            try:
+                held = fit_law(df, name, target, min_step=min_step, holdout=scheme,
+                               n_boot=min(n_boot, 20), seed=seed)  # fmt: skip
+            except UserError:
+                continue
+            assert held.holdout is not None
+            t = held.targets[0] if target is None else target
+            for v, f in (held.holdout.get("extrapolation") or {}).items():
+                use.tested[v] = max(use.tested.get(v, 1.0), f)
+            if held.rmse.get(t):
+                use.ratios[test] = held.holdout["rmse"][t] / held.rmse[t]
+            use.coverage[test] = dict((held.holdout.get("coverage") or {}).get(t, {}))
+        return use
+
+    out: dict[str, LawUse] = {}
+    if law is not None:
+        spec = get_law(law)
+        missing = [t for t in targets if t not in spec.targets]
+        if missing:
+            raise UserError(
+                f"law {spec.name!r} predicts {', '.join(spec.targets)}, not "
+                f"{', '.join(missing)}; choose another --law or leave --law out"
+            )
+        if spec.joint:
+            use = use_of(spec.name, None)
+            return {t: use for t in targets}
+        return {t: use_of(spec.name, t) for t in targets}
+    for t in targets:
+        tried = []
+        for name in power_laws_for(t):
+            try:
+                tried.append(use_of(name, t))
+            except UserError:
+                continue
+        if not tried:
+            raise UserError(f"no law in P and N could be fitted to {t} from this table")
+        tried.sort(key=lambda u: (not u.identified, max(u.ratios.values(), default=math.inf)))
+        out[t] = tried[0]
+    return out
+
+
+def rank_to_params(ranks: Sequence[float], params: Sequence[float]) -> dict[str, float]:
+    """P = c * r fitted through the origin on LoRA runs: ``c``, the largest relative
+    deviation, and how many runs."""
+    r, P = np.asarray(ranks, dtype=float), np.asarray(params, dtype=float)
+    c = float((r * P).sum() / (r * r).sum())
+    return {"c": c, "max_relative_deviation": float(np.max(np.abs(c * r - P) / P)),
+            "n_runs": len(r)}  # fmt: skip
+
+
+def base_values(df: pd.DataFrame, targets: Sequence[str]) -> dict[str, float]:
+    """Mean step-0 (base model) value of each target the table has."""
+    from forgetscale.laws.table import DERIVED_TARGETS
+
+    at0 = df[df["step"] == 0]
+    out = {}
+    for t in targets:
+        col = at0[t] if t in at0 else None
+        if col is None and t in DERIVED_TARGETS and DERIVED_TARGETS[t][0] in at0:
+            src, derive = DERIVED_TARGETS[t]
+            col = derive(at0[src].astype(float))
+        if col is not None and col.notna().any():
+            out[t] = float(col.astype(float).mean())
+    return out
+
+
+def _factor(x: float, lo: float, hi: float) -> float:
+    return max(x / hi, lo / x, 1.0)
+
+
+def _cell(value: float, lo: Any, hi: Any) -> dict[str, float | None]:
+    def num(v: Any) -> float | None:
+        return float(v) if v is not None and np.isfinite(v) else None
+
+    return {"value": num(value), "lo": num(lo), "hi": num(hi)}
+
+
+def make_plan(
+    laws: Mapping[str, LawUse],
+    budgets: Sequence[Budget],
+    params_trained: Sequence[float],
+    steps: Sequence[float],
+    *,
+    coverage: float = 0.9,
+    base: Mapping[str, float] | None = None,
+    ranks: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every (P, N) and choose; returns the ``--json`` object: ``choice`` (a
+    candidate or ``None``), ``candidates``, ``law`` per target, ``coverage``, ``budgets``,
+    ``intervals`` (their kind per target) and ``notes``."""
+    if not budgets:
+        raise UserError("--budget: give at least one, e.g. forgetting_loss<=+0.5")
+    if not (0 < coverage < 1):
+        raise UserError(f"--coverage must lie strictly between 0 and 1, got {coverage}")
+    targets = ["finetune_loss", *dict.fromkeys(b.target for b in budgets)]
+    missing = [t for t in targets if t not in laws]
+    if missing:
+        raise UserError(f"no fitted law for {', '.join(missing)}")
+    limits = [(b, b.limit(base)) for b in budgets]
+    if ranks is not None and len(ranks) != len(params_trained):
+        raise AssertionError("ranks and params_trained differ in length")
+    notes: list[str] = [
+        f"a candidate meets a budget when the upper end of its central {coverage:.0%} "
+        "interval for a new run does (a new run exceeds it with about "
+        f"{(1 - coverage) / 2:.0%} chance if the intervals are calibrated)"
+    ]
+    unidentified = [t for t in targets if not laws[t].identified]
+    for t in unidentified:
+        fit = laws[t].fit
+        why = (f"{', '.join(fit.on_bound)} on a bound" if fit.on_bound
+               else "the fit did not converge")  # fmt: skip
+        notes.append(
+            f"no identified law for {t}: law {fit.law} has {why}, so its predictions are "
+            "not results and nothing is chosen"
+        )
+    grid = [(i, j) for i in range(len(params_trained)) for j in range(len(steps))]
+    P = np.array([float(params_trained[i]) for i, _ in grid])
+    N = np.array([float(steps[j]) for _, j in grid])
+    predicted: dict[str, tuple] = {}
+    for t in targets:
+        use = laws[t]
+        spec = use.fit.law_spec
+        X = {"params_trained": P, "step": N}
+        predicted[t] = interval(spec, use.fit.params, {v: X[v] for v in spec.variables}, t,
+                                bootstrap=use.fit.bootstrap, noise=use.fit.noise.get(t),
+                                level=coverage, kind=NEW_RUN)  # fmt: skip
+    candidates = []
+    for k, (i, _) in enumerate(grid):
+        cand: dict[str, Any] = {}
+        if ranks is not None:
+            cand["rank"] = int(ranks[i])
+        cand.update(params_trained=float(P[k]), step=int(N[k]) if N[k] == int(N[k]) else N[k])
+        why: list[str] = []
+        for t in targets:
+            value, lo, hi = predicted[t]
+            cand[t] = _cell(value[k], None if lo is None else lo[k], None if hi is None else hi[k])
+        for b, lim in limits:
+            c = cand[b.target]
+            upper = c["hi"] if c["hi"] is not None else c["value"]
+            meets = upper is not None and upper <= lim
+            c["limit"] = min(c.get("limit", lim), lim)
+            c["meets"] = bool(c.get("meets", True) and meets)
+            if upper is None:
+                why.append(f"{b.target} not finite")
+            elif not meets:
+                why.append(f"{b.target} up to {upper:.4g} > {lim:.4g}")
+        if cand["finetune_loss"]["value"] is None:
+            why.append("L_ft not finite")
+        why += [f"no identified law for {t}" for t in unidentified]
+        flags = _extrapolation_flags(laws, targets, P[k], N[k])
+        cand["extrapolation"] = flags["factors"]
+        cand["beyond_tested"] = flags["beyond"]
+        cand["feasible"] = not why
+        cand["why"] = "; ".join(why) if why else "meets every budget"
+        candidates.append(cand)
+    feasible = [c for c in candidates if c["feasible"]]
+    choice = min(feasible, key=lambda c: c["finetune_loss"]["value"]) if feasible else None
+    if choice is None and not unidentified:
+        notes.append("no candidate meets every budget: none is chosen")
+    if choice is not None and choice["beyond_tested"]:
+        notes.append(
+            "the choice lies beyond what the held-out tests checked ("
+            + "; ".join(choice["beyond_tested"])
+            + "): a run at it is the first check"
+        )
+    n_boot = {t: 0 if laws[t].fit.bootstrap is None else len(laws[t].fit.bootstrap)
+              for t in targets}  # fmt: skip
+    return {
+        "choice": choice,
+        "candidates": candidates,
+        "law": {t: laws[t].fit.law for t in targets},
+        "coverage": coverage,
+        "budgets": [
+            {
+                "target": b.target,
+                "text": b.text,
+                "limit": lim,
+                "relative": b.relative,
+                "base": (base or {}).get(b.target) if b.relative else None,
+            }
+            for b, lim in limits
+        ],  # fmt: skip
+        "intervals": {
+            t: describe(NEW_RUN, n_boot[t], laws[t].fit.noise.get(t), coverage) for t in targets
+        },
+        "held_out": {
+            t: {"tested": laws[t].tested, "ratios": laws[t].ratios, "coverage": laws[t].coverage}
+            for t in targets
+        },
+        "notes": notes,
+    }
+
+
+def _extrapolation_flags(
+    laws: Mapping[str, LawUse], targets: Sequence[str], P: float, N: float
+) -> dict[str, Any]:
+    factors: dict[str, float] = {}
+    beyond: list[str] = []
+    x = {"params_trained": P, "step": N}
+    names = {"params_trained": "P", "step": "N"}
+    for t in targets:
+        use = laws[t]
+        for v, (lo, hi) in use.fit.ranges.items():
+            if v not in x:
+                continue
+            f = _factor(x[v], lo, hi)
+            factors[v] = max(factors.get(v, 1.0), f)
+            tested = use.tested.get(v, 1.0)
+            if f > 1.0 + 1e-9 and f > tested * (1 + 1e-9):
+                ratio = ", ".join(f"{k} {r:.2g}x" for k, r in use.ratios.items())
+                beyond.append(
+                    f"{t}: {names[v]} {f:.2g}x beyond the fitted range, held-out tests "
+                    f"reached {tested:.2g}x" + (f" (held-out error: {ratio})" if ratio else "")
+                )
+    return {"factors": factors, "beyond": beyond}
+
+
+def check_plan(
+    laws: Mapping[str, LawUse],
+    choice: Mapping[str, Any],
+    df: pd.DataFrame,
+    *,
+    coverage: float,
+    tolerance: float = 0.05,
+) -> dict[str, Any]:
+    """Predicted against observed for the planned run, once it has been run: the rows of
+    ``df`` at the chosen step whose P is within ``tolerance`` of the chosen P. Each
+    target: the interval at the runs' own P, the observed mean, and whether each run's
+    value fell inside (``{"runs", "params_trained", "step", "targets": {...}}``)."""
+    from forgetscale.laws.table import _column
+
+    P, N = float(choice["params_trained"]), float(choice["step"])
+    if "params_trained" not in df or "step" not in df:
+        raise UserError("--check: the table needs the columns params_trained and step")
+    p = df["params_trained"].astype(float).to_numpy()
+    rows = df[(np.abs(p / P - 1) <= tolerance) & (df["step"].astype(float) == N)]
+    if not len(rows):
+        raise UserError(
+            f"--check: no run in the table has P within {tolerance:.0%} of {P:.4g} measured "
+            f"at step {N:g} (the planned run)"
+        )
+    out: dict[str, Any] = {
+        "runs": sorted(rows["run_id"].astype(str).unique()),
+        "params_trained": float(rows["params_trained"].astype(float).mean()),
+        "step": N,
+        "targets": {},
+    }
+    for t, use in laws.items():
+        present = t in rows or (t == "disagreement" and "agreement" in rows)
+        if not present:
+            continue
+        y = _column(rows, t)
+        spec = use.fit.law_spec
+        X = {"params_trained": rows["params_trained"].astype(float).to_numpy(),
+             "step": np.full(len(rows), N)}  # fmt: skip
+        value, lo, hi = interval(spec, use.fit.params, {v: X[v] for v in spec.variables}, t,
+                                 bootstrap=use.fit.bootstrap, noise=use.fit.noise.get(t),
+                                 level=coverage)  # fmt: skip
+        ok = np.isfinite(y)
+        inside = (lo is not None and hi is not None) and bool(
+            np.all((y[ok] >= lo[ok]) & (y[ok] <= hi[ok]))
+        )
+        out["targets"][t] = {
+            "observed": float(np.mean(y[ok])) if ok.any() else None,
+            "predicted": _cell(
+                float(np.mean(value)),
+                None if lo is None else np.mean(lo),
+                None if hi is None else np.mean(hi),
+            ),  # fmt: skip
+            "inside": inside if ok.any() else None,
+        }
+    return out
