@@ -334,6 +334,12 @@ def hard_vs_soft(data: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def frontier(data: Mapping[str, Any]) -> bytes:
+    from forgetscale.study.frontier import draw as draw_frontier
+
+    return draw_frontier(data)
+
+
 #: Figure name -> drawing function.
 DRAW: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
     "forgetting_vs_finetune": forgetting_vs_finetune,
@@ -341,6 +347,7 @@ DRAW: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
     "predicted_vs_observed": predicted_vs_observed,
     "residuals": residuals,
     "hard_vs_soft": hard_vs_soft,
+    "frontier": frontier,
 }
 
 

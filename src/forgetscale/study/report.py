@@ -20,7 +20,7 @@ from pathlib import Path
 
 from forgetscale.errors import UserError
 from forgetscale.outputs import atomic_write, dumps
-from forgetscale.study import findings, sections
+from forgetscale.study import findings, frontier, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.figures import draw
 from forgetscale.study.markup import CSS, esc
@@ -31,6 +31,7 @@ SECTIONS = [
     ("run", "What was run"),
     ("noise", "Noise floor"),
     ("figures", "Figures"),
+    ("frontier", "Learning–forgetting frontier"),
     ("laws", "Laws"),
     ("paper", "The paper's constants"),
     ("predict", "What would rank r forget"),
@@ -68,6 +69,7 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
             sections.what_was_run(report),
             sections.noise_floor(report),
             sections.figures(report, images),
+            frontier.section(report),
             findings.laws(report),
             findings.paper(report),
             findings.predictions(report),
@@ -87,7 +89,8 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
 
 def _header(r: StudyReport) -> str:
     when = _dt.datetime.fromtimestamp(r.created, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    nav = " ".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in SECTIONS)
+    shown = [(k, v) for k, v in SECTIONS if k != "frontier" or r.frontier]
+    nav = " ".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in shown)
     return (
         "<h1>forgetscale study report</h1>"
         f'<p class="sub">Results store <code>{esc(r.store)}</code> · analysed {when} · '
