@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pytest
 from filesystems import full_disk, readonly_folder
+from helpers import one_line_error
 
 from forgetscale.cli import main
 from forgetscale.store import EXPORT_COLUMNS, open_store
@@ -30,15 +31,6 @@ def make_store(path):
 @pytest.fixture
 def store(tmp_path):
     return make_store(tmp_path / "results.db")
-
-
-def one_line_error(capsys, argv, match):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
-    return err
 
 
 def argparse_error(capsys, argv, match):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import one_line_error
 
 from forgetscale.cli import main
 from forgetscale.laws.presets import TABLE1
@@ -230,17 +231,6 @@ def test_fit_reads_a_results_store(tmp_path, capsys):
 # --------------------------------------------------------------------- bad inputs
 
 
-def _one_line_error(capsys, rc, needle, command="fit"):
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert rc == 2, captured.err
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith(f"forgetscale {command}: error:"), lines[0]
-    assert needle in lines[0], lines[0]
-    assert captured.out == ""
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "option,needle",
     [
@@ -264,7 +254,7 @@ def test_every_bad_option_is_refused_before_any_work(option, needle, tmp_path, c
     # --from does not exist: an option error must come before the table is even read
     args = ["fit", "--from", str(tmp_path / "absent.csv"), "--law", "additive"]
     rc = main([*args, "--save", str(save), *option])
-    _one_line_error(capsys, rc, needle)
+    one_line_error(capsys, rc, needle, command="fit", quiet=True)
     assert not save.exists()
 
 
@@ -289,9 +279,9 @@ def test_save_and_plots_never_replace_the_results_store(results_store, capsys):
     before = results_store.read_bytes()
     base = ["fit", "--from", str(results_store), "--law", "linear", "--bootstrap", "0"]
     rc = main([*base, "--save", str(results_store)])
-    _one_line_error(capsys, rc, "--save ")
+    one_line_error(capsys, rc, "--save ", command="fit", quiet=True)
     rc = main([*base, "--plots", str(results_store)])
-    _one_line_error(capsys, rc, "is a file, not a folder")
+    one_line_error(capsys, rc, "is a file, not a folder", command="fit", quiet=True)
     assert results_store.read_bytes() == before
     assert sorted(p.name for p in results_store.parent.iterdir()) == ["results.db"]
 
@@ -308,7 +298,7 @@ def test_save_refuses_the_input_a_folder_and_a_file_that_is_no_fit(runs_csv, tmp
         str(tmp_path / "new") + "/": "is a folder; give a file name",
     }
     for path, needle in cases.items():
-        _one_line_error(capsys, main([*base, "--save", path]), needle)
+        one_line_error(capsys, main([*base, "--save", path]), needle, command="fit", quiet=True)
     assert notes.read_text() == "my notes"
     fit_json = tmp_path / "deeper" / "fit.json"  # missing folders are made
     assert main([*base, "--save", str(fit_json)]) == 0
@@ -474,7 +464,7 @@ def test_rows_that_cannot_be_one_run_are_refused_in_words(tmp_path, capsys, comm
         law = ["--law", "multiplicative", "--bootstrap", "0"] if command == "fit" else [
             "--laws", "multiplicative"]  # fmt: skip
         rc = main([command, "--from", path, *law])
-        line = _one_line_error(capsys, rc, needle, command)
+        line = one_line_error(capsys, rc, needle, command=command, quiet=True)
         assert "two runs share" in line or "fractional" in line, (case, line)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import one_line_error
 
 from forgetscale.cli import main
 
@@ -22,17 +23,6 @@ def tiny_reference(tiny_model_dir, general_jsonl, tmp_path_factory):
     ])  # fmt: skip
     assert code == 0
     return out
-
-
-def one_line_error(capsys, argv, match):
-    """Run the CLI; expect exit code 2 and a single-line message containing ``match``."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert match in err, err
-    return err
 
 
 def test_measure_base_gives_zero_kl_and_full_agreement(tiny_model_dir, tiny_reference, capsys):

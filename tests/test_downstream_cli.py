@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error
 
 from forgetscale.cli import main
 from forgetscale.downstream import (
@@ -112,18 +113,6 @@ def test_generation_suites_write_side_by_side(tiny_model_dir, tiny_lora_dir, tmp
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["suite"] for r in rows] == ["refusal"] * 6 + ["generations"] * 3
     assert {"prompt", "base", "tuned", "base_refused", "tuned_refused"} <= set(rows[0])
-
-
-def one_line_error(capsys, argv, match):
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own checks (types, choices) exit 2 themselves
-        code = exc.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
 
 
 @pytest.mark.parametrize(

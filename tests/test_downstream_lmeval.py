@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 from forgetscale.cli import main
 
@@ -112,14 +113,6 @@ def test_cli_lm_eval_task_with_adapter(tiny_model_dir, tiny_lora_dir, arc_task, 
     assert metrics["agreement"]["base"]["value"] == 1.0
     assert main(argv) == 0  # second run: base side from the cache
     assert json.loads(capsys.readouterr().out)["suites"][0]["base_cached"] is True
-
-
-def one_line_error(capsys, argv, match):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert match in err, err
 
 
 def test_unknown_lm_eval_task_is_one_line(tiny_model_dir, capsys):

@@ -20,8 +20,8 @@ import yaml
 from forgetscale.cli import main
 from forgetscale.store import read_measurements
 from forgetscale.sweep.driver import dry_run
+from forgetscale.sweep.folders import folder_busy
 from forgetscale.sweep.spec import load_sweep
-from forgetscale.sweep.worker import folder_busy
 from forgetscale.training import train
 
 MINIMAL = (Path(__file__).resolve().parent.parent / "configs" / "minimal.yaml").read_text()

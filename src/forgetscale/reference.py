@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -48,6 +48,11 @@ from forgetscale.models import (
     tokenizer_fingerprint,
 )
 from forgetscale.outputs import atomic_output
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from forgetscale.config import TrainConfig
 
 FORMAT = "forgetscale.reference/1"
 TENSOR_NAMES = (
@@ -560,3 +565,35 @@ def base_statistics(logits: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]
         "tail_mass": tail,
         "entropy": entropy,
     }
+
+
+def reference_folder(config: TrainConfig) -> Path:
+    """Where references named by their fingerprint go: ``reference_dir``, else beside the store."""
+    if config.reference_dir:
+        return Path(config.reference_dir)
+    return Path(config.store).parent / "references"
+
+
+def reference_for_config(
+    config: TrainConfig, model: Any, tokenizer: Any, model_name: str, log: Callable[[str], None]
+) -> tuple[ReferenceCache, Path]:
+    """The run's reference cache (see :meth:`ReferenceCache.find_or_build`): the file named
+    by ``reference``, else one named by its fingerprint in ``reference_dir`` (default: a
+    ``references`` folder beside the store). ``forgetscale train`` calls it as a run loads;
+    a sweep (:mod:`forgetscale.sweep.references`) calls it once per reference before its runs."""
+    return ReferenceCache.find_or_build(
+        model,
+        tokenizer,
+        model_name=model_name,
+        corpus=config.forgetting_data,
+        text_field=config.text_field,
+        split=config.forgetting_split,
+        block_size=config.forgetting_block_size or config.block_size,
+        max_tokens=config.forgetting_max_tokens,
+        top_k=config.reference_top_k,
+        batch_size=config.eval_batch_size,
+        path=config.reference,
+        folder=reference_folder(config),
+        progress=config.progress,
+        log=log,
+    )

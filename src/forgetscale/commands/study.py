@@ -25,7 +25,7 @@ report.html (self-contained, opens from disk) and report.json (every number).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from forgetscale.commands.sweep import add_run_arguments
+    from forgetscale.commands._common import add_run_arguments
 
     parser.add_argument(
         "study", nargs="?", help="study file, or a built-in study: default (the default), quick"
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forgetscale.commands.sweep import load_from_args, take_own_flags
+    from forgetscale.commands._common import load_from_args, take_own_flags
     from forgetscale.study.runner import EXTRA_KEYS, analysis_of, notes_of, run_study, study_file
 
     rest = take_own_flags(

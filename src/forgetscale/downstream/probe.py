@@ -38,7 +38,7 @@ from collections import Counter
 from importlib import resources
 from typing import Any
 
-from forgetscale.downstream.multiple_choice import MCItem, MultipleChoiceSuite, items_hash
+from forgetscale.downstream.multiple_choice import MCItem, MultipleChoiceSuite
 from forgetscale.downstream.registry import SuiteOptions, register_suite
 
 PROBE_FILE = "probe_pydoc.jsonl"
@@ -116,17 +116,6 @@ def build_pydoc_probe() -> tuple[list[MCItem], str]:
 
     documents = load_documents("pydoc")
     return build_cloze_probe(documents), corpus_hash(documents)
-
-
-def write_probe_file(path: str) -> str:
-    """Write the probe built here as the shipped JSONL (first line: provenance); returns its hash."""
-    items, corpus_sha = build_pydoc_probe()
-    with open(path, "w", encoding="utf-8") as fh:
-        header = {"corpus": "pydoc", "corpus_sha256": corpus_sha, "items_sha256": items_hash(items)}
-        fh.write(json.dumps({"probe": header}) + "\n")
-        for item in items:
-            fh.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
-    return items_hash(items)
 
 
 def load_probe() -> tuple[list[MCItem], dict[str, Any]]:

@@ -7,7 +7,7 @@ registers them when it is imported.
 Notation: P = ``params_trained`` (trainable non-embedding parameters), N = ``step``
 (optimizer updates), L_ft = ``finetune_loss``, L_f = ``forgetting_loss``.
 
-Sign rule (docs/design.md, "The laws"): the fine-tuning loss *falls* with P and N
+Sign rule (docs/design.md, "The laws (names used by the CLI)"): the fine-tuning loss *falls* with P and N
 towards its floor E, so the power terms are added; every forgetting quantity
 (L_f hard and soft, KL, 1 - agreement) *rises* with P and N towards its ceiling E,
 so the same terms are subtracted (:attr:`Target.rises <forgetscale.laws.registry.Target>`).

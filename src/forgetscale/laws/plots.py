@@ -1,6 +1,6 @@
 """Figures for fitted laws, like the paper's, each written as PNG plus the CSV behind it.
 
-:func:`plot_fit` writes, for a :class:`~forgetscale.laws.FitResult` and its table
+:func:`stage_figures` draws, for a :class:`~forgetscale.laws.FitResult` and its table
 (the points and predictions come from :func:`forgetscale.laws.holdout.point_table`):
 
 - ``forgetting_vs_finetune.png``: L_f against L_ft per run with the fitted line
@@ -27,7 +27,7 @@ from forgetscale.laws.fitting import FitResult, fit_data
 from forgetscale.laws.holdout import HELD_OUT, IN_SAMPLE, point_table
 from forgetscale.laws.registry import get_law
 from forgetscale.laws.table import FitData, Holdout
-from forgetscale.outputs import StagedOutputs, check_output_folder
+from forgetscale.outputs import StagedOutputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -41,7 +41,7 @@ LABELS = {
     "step": "fine-tuning steps $N$",
     "params_trained": "trainable parameters $P$",
 }
-#: The files :func:`plot_fit` writes (each as .png and .csv).
+#: The files :func:`stage_figures` writes (each as .png and .csv).
 FIGURES: tuple[str, ...] = (
     "forgetting_vs_finetune",
     "loss_vs_steps",
@@ -97,26 +97,8 @@ def _scatter(ax, rows, x, y, colors, label_runs: bool = True) -> None:
 
 
 def figure_files() -> list[str]:
-    """Names of the files :func:`plot_fit` writes into its folder."""
+    """Names of the files :func:`stage_figures` writes into its folder."""
     return [f"{name}.{ext}" for name in FIGURES for ext in ("png", "csv")]
-
-
-def plot_fit(
-    fit: FitResult,
-    df: pd.DataFrame,
-    outdir: str | Path,
-    holdout: Holdout | str | Sequence[str] | None = None,
-    *,
-    option: str = "--plots",
-) -> list[Path]:
-    """Write the four figures (PNG + CSV) for ``fit`` on ``df`` to ``outdir``; returns paths.
-
-    Nothing is written unless every file is (``option`` names the folder in errors).
-    """
-    check_output_folder(outdir, figure_files(), what=option, needed=FIGURES_BYTES)
-    with StagedOutputs() as staged:
-        stage_figures(fit, df, outdir, holdout, staged, option=option)
-        return staged.commit()
 
 
 def stage_figures(
@@ -128,7 +110,8 @@ def stage_figures(
     *,
     option: str = "--plots",
 ) -> None:
-    """Draw the figures of :func:`plot_fit` into ``staged`` (renamed in when it commits)."""
+    """Draw the four figures (PNG + CSV) for ``fit`` on ``df`` into ``staged`` (renamed into
+    ``outdir`` when it commits: all of them, or none)."""
     import pandas as pd
 
     out = Path(outdir)

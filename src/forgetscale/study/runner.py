@@ -124,26 +124,6 @@ def notes_of(sweep: Any) -> list[str]:
     return notes
 
 
-def load_study(
-    name_or_path: str | None,
-    *,
-    out: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    executor: str | None = None,
-) -> tuple[Any, Any]:
-    """Read a study file: its sweep (with the store moved into ``out`` when given) and its
-    checked ``analysis:`` block. Returns ``(sweep, analysis_config)``."""
-    from forgetscale.sweep.spec import load_sweep
-
-    overrides = dict(overrides or {})
-    if out is not None:
-        overrides["store"] = str(Path(out) / "results.db")
-    sweep = load_sweep(
-        study_file(name_or_path), overrides, executor=executor, extra_keys=EXTRA_KEYS
-    )
-    return sweep, analysis_of(sweep)
-
-
 def _machine() -> dict[str, Any]:
     import os
 
@@ -180,13 +160,14 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or resume) the study's runs and write its report; see the module docstring.
 
-    ``sweep`` and ``analysis`` come from :func:`load_study`.
+    ``sweep`` is the study file read as a sweep (``extra_keys=EXTRA_KEYS``), ``analysis`` its
+    checked ``analysis:`` block (:func:`analysis_of`).
     """
     from forgetscale.environment import library_versions
     from forgetscale.study.analysis import analyse
     from forgetscale.study.report import write_report
     from forgetscale.sweep.driver import run_sweep
-    from forgetscale.sweep.worker import STATUS, read_json
+    from forgetscale.sweep.folders import read_json
 
     err = err or sys.stderr
     t0 = time.perf_counter()
@@ -205,16 +186,11 @@ def run_study(
     if isinstance(earlier, (int, float)):
         t_runs = earlier + (t_runs or 0.0)
     run_ids = [run.run_id for run in sweep.runs]
-    adapters = {
-        run.run_id: str(sweep.run_dir(run.run_id) / "adapter")
-        for run in sweep.runs
-        if (sweep.run_dir(run.run_id) / "adapter" / "adapter_config.json").is_file()
-    }
+    adapters = {run.run_id: str(adapter) for run in sweep.runs if (adapter := run.folder.adapter())}
     references = sorted(sweep.reference_dir.glob("ref-*.safetensors"))
     run_time: dict[str, float] = {}  # where the runs' time went, summed (from each run folder)
     for run in sweep.runs:
-        status = read_json(sweep.run_dir(run.run_id) / STATUS) or {}
-        for part, seconds in (status.get("timings") or {}).items():
+        for part, seconds in run.folder.timings().items():
             run_time[part] = round(run_time.get(part, 0.0) + seconds, 1)
     print(f"study: analysing {len(run_ids)} runs in {sweep.store}", file=err, flush=True)
     t_analysis = time.perf_counter()

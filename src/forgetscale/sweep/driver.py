@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from forgetscale.errors import UserError
-from forgetscale.sweep import worker as W
+from forgetscale.sweep import folders as F
 from forgetscale.sweep.executors import Executor, Finished, RunTask, get_executor
 from forgetscale.sweep.options import executor_options
 from forgetscale.sweep.spec import Sweep, SweepRun
@@ -65,10 +65,10 @@ def write_spec(run: SweepRun, sweep: Sweep) -> None:
         "sweep": str(sweep.path.resolve()),
         "config": run.config.to_dict(),
     }
-    path = run.run_dir / W.SPEC
-    old = W.read_json(path)
+    path = run.folder.spec_path
+    old = F.read_json(path)
     if old != spec:
-        W._write_json(path, spec)
+        F.write_json(path, spec)
 
 
 class Driver:
@@ -106,7 +106,7 @@ class Driver:
 
     # -- merging ----------------------------------------------------------------------------
     def merge(self, store: Any, run: SweepRun) -> int:
-        db = run.run_dir / W.STORE
+        db = run.folder.store
         if not db.is_file():
             return 0
         return store.merge_run(db, run.run_id)
@@ -114,7 +114,7 @@ class Driver:
     def merge_idle_folders(self, store: Any) -> int:
         merged = 0
         for run in self.sweep.runs:
-            if run.run_dir.is_dir() and not W.folder_busy(run.run_dir):
+            if run.run_dir.is_dir() and not run.folder.busy():
                 merged += self.merge(store, run)
         return merged
 
@@ -198,7 +198,7 @@ class Driver:
                         seen_steps[new.run.run_id] = new.max_steps
                     bar.set_description(f"sweep {done_runs}/{len(states)} runs")
                 for rid, state in running.items():
-                    progress = W.read_json(state.run.run_dir / W.PROGRESS)
+                    progress = state.run.folder.progress()
                     if progress and isinstance(progress.get("step"), int):
                         step = progress["step"]
                         if step > seen_steps[rid]:
@@ -210,7 +210,7 @@ class Driver:
     def finished(self, store: Any, state: RunState, fin: Finished) -> RunState:
         run = state.run
         self.merge(store, run)
-        status = W.read_json(run.run_dir / W.STATUS) or {}
+        status = run.folder.status() or {}
         if status.get("status") not in DONE:  # the run folder says how the run ended
             message = (
                 (status.get("message") if status.get("status") == "failed" else None)

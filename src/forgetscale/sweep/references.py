@@ -1,9 +1,9 @@
 """The reference caches of a sweep: found or built once, before any run is dispatched.
 
 Every run of a sweep compares its model with the base model's own predictions on the
-forgetting corpus (docs/design.md, "The forgetting loss"). The runs that share a base model
+forgetting corpus (docs/design.md, "Exact definitions"). The runs that share a base model
 and a forgetting setting share one reference file; :func:`build_references` finds or builds
-each of them with the run's own lookup (:func:`forgetscale.training.run.reference_for_config`),
+each of them with the run's own lookup (:func:`forgetscale.reference.reference_for_config`),
 so that every run finds its reference ready. The executor decides where this happens
 (:meth:`forgetscale.sweep.executors.base.Executor.build_references`): in the driver, or where
 the runs run (the local executor's first worker, a Ray task, a Slurm job), which calls
@@ -55,7 +55,7 @@ def build_references(configs: list[TrainConfig], log: Callable[[str], None]) -> 
     from forgetscale.models import apply_adapter, load_model, resolve_device
 
     # the run's own lookup: one place, shared with forgetscale train
-    from forgetscale.training.run import reference_for_config as reference_for_run
+    from forgetscale.reference import reference_for_config as reference_for_run
 
     groups: dict[str, TrainConfig] = {}
     for config in configs:

@@ -42,7 +42,9 @@ from typing import Any
 
 from forgetscale.config import PATH_FIELDS, TrainConfig, build_config, read_yaml_file
 from forgetscale.errors import UserError
+from forgetscale.sweep import folders
 from forgetscale.sweep.executors.base import Resources
+from forgetscale.sweep.folders import RunFolder
 from forgetscale.sweep.options import _close, coerce_dataclass
 
 SWEEP_KEYS = ("name", "base", "store", "overrides", "grid", "zip", "resources", "executor")
@@ -71,6 +73,11 @@ class SweepRun:
     @property
     def run_dir(self) -> Path:
         return Path(self.config.store).parent
+
+    @property
+    def folder(self) -> RunFolder:
+        """The run's folder, read through :class:`~forgetscale.sweep.folders.RunFolder`."""
+        return RunFolder(self.run_dir)
 
 
 @dataclass
@@ -102,6 +109,10 @@ class Sweep:
 
     def run_dir(self, run_id: str) -> Path:
         return self.folder / RUN_FOLDER / run_id
+
+    def run_folder(self, run_id: str) -> RunFolder:
+        """The folder of run ``run_id`` (:class:`~forgetscale.sweep.folders.RunFolder`)."""
+        return RunFolder(self.run_dir(run_id))
 
 
 # ------------------------------------------------------------------------------------------
@@ -341,9 +352,9 @@ def load_sweep(
         run_dir = sweep_folder / RUN_FOLDER / rid
         config = dataclasses.replace(
             config,
-            store=str(run_dir / "results.db"),
-            checkpoint_dir=str(run_dir / "checkpoints"),
-            output_dir=str(run_dir / "adapter"),
+            store=str(run_dir / folders.STORE),
+            checkpoint_dir=str(run_dir / folders.CHECKPOINTS),
+            output_dir=str(run_dir / folders.ADAPTER),
             reference_dir=str(sweep_folder / REFERENCE_FOLDER),
             progress=False,
             name=label if config.name is None else f"{config.name} {label}",

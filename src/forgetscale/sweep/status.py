@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from forgetscale.config import TrainConfig, stable_json
-from forgetscale.sweep import worker as W
+from forgetscale.sweep.folders import RESULT_STATUSES, RunFolder
 from forgetscale.sweep.spec import Sweep, SweepRun, _fmt_value
 
-DONE = ("finished", "diverged")
+DONE = RESULT_STATUSES
 
 
 # ------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ class RunState:
 
     @property
     def log_path(self) -> Path:
-        return self.run.run_dir / W.LOG
+        return self.run.folder.log
 
     def describe(self) -> str:
         if self.status in ("partial", "running", "failed") and self.measurements:
@@ -82,10 +82,10 @@ def _run_row(conn: Any, run_id: str) -> tuple | None:
     ).fetchone()
 
 
-def _read_folder_store(run_dir: Path, run_id: str) -> tuple[tuple | None, int, tuple | None]:
+def _read_folder_store(folder: RunFolder, run_id: str) -> tuple[tuple | None, int, tuple | None]:
     import sqlite3
 
-    db = run_dir / W.STORE
+    db = folder.store
     if not db.is_file():
         return None, 0, None
     try:
@@ -109,15 +109,15 @@ def collect_states(sweep: Sweep, store: Any | None) -> list[RunState]:
         if store is not None:
             rec = _run_row(store.conn, rid)
             n, last = _last_rows(store.conn, rid)
-        folder = run.run_dir
-        status_json = W.read_json(folder / W.STATUS)
-        busy = folder.is_dir() and W.folder_busy(folder)
-        if folder.is_dir() and not busy:
+        folder = run.folder
+        status_json = folder.status()
+        busy = folder.path.is_dir() and folder.busy()
+        if folder.path.is_dir() and not busy:
             frec, fn, flast = _read_folder_store(folder, rid)
             if fn > n or (frec is not None and rec is None):
                 rec, n, last = frec, fn, flast
         if busy:
-            progress = W.read_json(folder / W.PROGRESS)
+            progress = folder.progress()
             if (
                 progress
                 and progress.get("step") is not None

@@ -2,12 +2,15 @@
 
 ``RUN_DIR/spec.json`` (written by the driver) holds ``{"run_id": ..., "config": {...}}``, the
 run's resolved train config whose ``store``, ``checkpoint_dir``, ``output_dir`` point into
-``RUN_DIR`` and whose ``reference_dir`` is the sweep's shared reference folder. The worker
-writes nothing outside ``RUN_DIR`` (and the reference folder, when the driver has not built
-the reference yet): its measurements go to ``RUN_DIR/results.db`` (one writer, on the
-worker's own file: SQLite over a network file system is never shared), its log to
-``RUN_DIR/log.txt``, its latest measured step to ``RUN_DIR/progress.json`` (a plain file the
-driver may read while the run goes on), and ``RUN_DIR/status.json`` last, once the run stopped.
+``RUN_DIR`` and whose ``reference_dir`` is the sweep's shared reference folder. The folder's
+files are listed, and read, by :mod:`forgetscale.sweep.folders`. Training a run, the worker
+writes nothing outside ``RUN_DIR``: the sweep's references are built before any run is
+dispatched, where the runs run (:mod:`forgetscale.sweep.references`; the local executor asks
+its first worker to build them, see :func:`serve`). Its measurements go to
+``RUN_DIR/results.db`` (one writer, on the worker's own file: SQLite over a network file
+system is never shared), its log to ``RUN_DIR/log.txt``, its latest measured step to
+``RUN_DIR/progress.json`` (a plain file the driver may read while the run goes on), and
+``RUN_DIR/status.json`` last, once the run stopped.
 
 Started again on a folder whose run was interrupted, it resumes from the checkpoint there.
 Two workers on one folder (a job requeued while its first attempt still runs) take turns:
@@ -35,29 +38,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-SPEC = "spec.json"
-STATUS = "status.json"
-PROGRESS = "progress.json"
-LOG = "log.txt"
-STORE = "results.db"
-LOCK = "worker.lock"
-
-# statuses a run folder's status.json may hold; finished and diverged are results
-RESULT_STATUSES = ("finished", "diverged")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file written by :func:`_write_json`, or None when absent or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+from forgetscale.sweep.folders import (  # noqa: F401 - the run folder's format, re-exported
+    LOCK,
+    LOG,
+    PROGRESS,
+    RESULT_STATUSES,
+    SPEC,
+    STATUS,
+    STORE,
+    folder_busy,
+    read_json,
+)
+from forgetscale.sweep.folders import write_json as _write_json
 
 
 @contextlib.contextmanager
@@ -79,24 +71,6 @@ def _folder_lock(run_dir: Path, log):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def folder_busy(run_dir: Path) -> bool:
-    """Whether a worker is working in ``run_dir`` right now (holds its lock)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        return False
-    path = run_dir / LOCK
-    if not path.exists():
-        return False
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
 
 
 class _ProgressWriter(threading.Thread):
@@ -243,7 +217,7 @@ def serve(threads: int | None = None) -> int:
     """
     _die_with_parent()
     _quiet_libraries()
-    # import what a run needs now, while the driver builds the reference
+    # import what a run needs now, while the driver plans the sweep
     import peft  # noqa: F401
 
     import forgetscale.training  # noqa: F401

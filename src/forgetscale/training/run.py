@@ -48,7 +48,7 @@ from forgetscale.errors import DivergedError, UserError
 from forgetscale.finetune_data import RecordFields, load_task_data
 from forgetscale.metrics import evaluate_forgetting, finetune_loss
 from forgetscale.models import count_parameters, load_model, resolve_device
-from forgetscale.reference import ReferenceCache
+from forgetscale.reference import reference_folder, reference_for_config
 from forgetscale.store import ResultsStore, open_store
 from forgetscale.training.checkpoint import (
     Progress,
@@ -510,36 +510,3 @@ class _Run:
         (out / RUN_MARKER).write_text(json.dumps({"run_id": self.run_id, "store": cfg.store}))
         what = "adapter" if cfg.method in ("lora", "ia3") else "model"
         self.log(f"run {self.run_id}: saved the trained {what} to {out}")
-
-
-def reference_folder(config: TrainConfig) -> Path:
-    """Where references named by their fingerprint go: ``reference_dir``, else a
-    ``references`` folder beside the store."""
-    if config.reference_dir:
-        return Path(config.reference_dir)
-    return Path(config.store).parent / "references"
-
-
-def reference_for_config(
-    config: TrainConfig, model: Any, tokenizer: Any, model_name: str, log: Callable[[str], None]
-) -> tuple[ReferenceCache, Path]:
-    """The run's reference cache (see :meth:`ReferenceCache.find_or_build`): the file named
-    by ``reference``, else one named by its fingerprint in ``reference_dir`` (default: a
-    ``references`` folder beside the store). A sweep calls this once before its runs."""
-    folder = reference_folder(config)
-    return ReferenceCache.find_or_build(
-        model,
-        tokenizer,
-        model_name=model_name,
-        corpus=config.forgetting_data,
-        text_field=config.text_field,
-        split=config.forgetting_split,
-        block_size=config.forgetting_block_size or config.block_size,
-        max_tokens=config.forgetting_max_tokens,
-        top_k=config.reference_top_k,
-        batch_size=config.eval_batch_size,
-        path=config.reference,
-        folder=folder,
-        progress=config.progress,
-        log=log,
-    )

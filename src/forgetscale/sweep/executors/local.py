@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from forgetscale.errors import UserError
 from forgetscale.sweep.executors.base import Executor, Finished, RunTask
+from forgetscale.sweep.folders import LOG
 
 #: The most worker processes (and torch threads per worker) one machine is given: each worker
 #: loads its own copy of the model, so a number above this is a typo, not a plan.
@@ -269,7 +270,7 @@ class LocalExecutor(Executor):
             self.workers[worker.index] = None
         if task is None:
             return []
-        log = task.run_dir / "log.txt"
+        log = task.run_dir / LOG
         if answer is not None:
             return [Finished(task, True, answer.get("message"), log)]
         rc = worker.proc.wait()

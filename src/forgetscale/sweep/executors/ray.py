@@ -30,7 +30,7 @@ from forgetscale.sweep.executors._remote import (
     source_path,
 )
 from forgetscale.sweep.executors.base import Executor, Finished, Resources, RunTask
-from forgetscale.sweep.worker import LOG
+from forgetscale.sweep.folders import LOG
 
 INSTALL = 'the ray executor needs Ray: pip install "forgetscale[ray]"'
 

@@ -34,7 +34,7 @@ from typing import Any
 from forgetscale.errors import UserError
 from forgetscale.sweep.executors._remote import check_int, check_positive, note_worker, source_path
 from forgetscale.sweep.executors.base import Executor, Finished, Resources, RunTask
-from forgetscale.sweep.worker import STATUS
+from forgetscale.sweep.folders import STATUS
 
 INSTALL = 'the slurm executor needs submitit: pip install "forgetscale[slurm]"'
 JOB_FILE = "slurm.json"
