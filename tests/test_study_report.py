@@ -27,7 +27,8 @@ FIGURES = {"forgetting_vs_finetune", "losses_vs_steps", "predicted_vs_observed",
            "hard_vs_soft", "frontier"}  # fmt: skip
 TOP_LEVEL_KEYS = {"format", "created", "store", "study", "config", "runs", "warnings", "checks",
                   "laws", "ranking", "best", "shown_laws", "predictions", "paper", "noise_floor",
-                  "hard_vs_soft", "forgotten", "downstream", "figures", "seconds", "frontier"}  # fmt: skip
+                  "hard_vs_soft", "forgotten", "downstream", "figures", "seconds", "frontier",
+                  "replay_law"}  # fmt: skip
 
 
 def _strict_json(path: Path) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 from forgetscale.errors import UserError
 
 #: Columns (from the export table of the results store) that laws may read.
-VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss")
+VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss", "replay_fraction")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from forgetscale.study.forgotten import most_forgotten
 from forgetscale.study.noise import hard_vs_soft, noise_floor, typical_spread
 from forgetscale.study.paper import paper_constants
 from forgetscale.study.predictions import predictions
+from forgetscale.study.replay_law import replay_law
 from forgetscale.study.runs import read_runs, status_warnings
 
 __all__ = ["REPORT_FORMAT", "AnalysisConfig", "StudyReport", "analyse"]
@@ -72,6 +73,9 @@ class StudyReport:
         frontier: The learning–forgetting frontier (:mod:`~forgetscale.study.frontier`):
             ``arms`` with their runs' trajectories, ``rows`` comparing each arm with plain
             LoRA at matched L_ft, ``sentence``; ``None`` with fewer than two arms.
+        replay_law: L_f against P, N and the replay fraction p
+            (:mod:`~forgetscale.study.replay_law`), held-out strengths; ``None`` without
+            replay arms.
     """
 
     created: float
@@ -94,6 +98,7 @@ class StudyReport:
     figures: dict[str, dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
     frontier: dict[str, Any] | None = None
+    replay_law: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON data: ``format`` plus every field (NaN and infinities as ``null``)."""
@@ -159,6 +164,7 @@ def analyse(
     )
     figures.update(_frontier.figure_data(front))
     seconds["figure_data"] = time.perf_counter() - t_fig
+    replay = replay_law(df, runs, config)
     seconds["total"] = time.perf_counter() - t_start
     return StudyReport(
         created=time.time(),
@@ -182,4 +188,5 @@ def analyse(
         figures=figures,
         seconds=seconds,
         frontier=front,
+        replay_law=replay,
     )

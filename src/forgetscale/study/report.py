@@ -20,7 +20,7 @@ from pathlib import Path
 
 from forgetscale.errors import UserError
 from forgetscale.outputs import atomic_write, dumps
-from forgetscale.study import findings, frontier, sections
+from forgetscale.study import findings, frontier, replay_law, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.figures import draw
 from forgetscale.study.markup import CSS, esc
@@ -32,6 +32,7 @@ SECTIONS = [
     ("noise", "Noise floor"),
     ("figures", "Figures"),
     ("frontier", "Learning–forgetting frontier"),
+    ("replaylaw", "Forgetting against p"),
     ("laws", "Laws"),
     ("paper", "The paper's constants"),
     ("predict", "What would rank r forget"),
@@ -70,6 +71,7 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
             sections.noise_floor(report),
             sections.figures(report, images),
             frontier.section(report),
+            replay_law.section(report),
             findings.laws(report),
             findings.paper(report),
             findings.predictions(report),
@@ -89,7 +91,8 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
 
 def _header(r: StudyReport) -> str:
     when = _dt.datetime.fromtimestamp(r.created, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    shown = [(k, v) for k, v in SECTIONS if k != "frontier" or r.frontier]
+    optional = {"frontier": r.frontier, "replaylaw": r.replay_law}
+    shown = [(k, v) for k, v in SECTIONS if optional.get(k, True)]
     nav = " ".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in shown)
     return (
         "<h1>forgetscale study report</h1>"
