@@ -296,3 +296,28 @@ def test_thin_designs_still_make_a_report(tmp_path, design):
         ].keys() == {"held_out_steps"}
     else:
         assert data["figures"] == {} and "No run has finished" in text
+
+
+def test_one_figure_path_and_one_section_list(good_report):
+    """The report and `fit --plots` draw from one figure registry; the page's navigation, its
+    headings and its body come from one list of sections."""
+    from forgetscale.figures import FIGURES as REGISTRY
+    from forgetscale.laws.plots import FIGURES as FIT_FIGURES
+    from forgetscale.study.figure_data import DATA
+    from forgetscale.study.report import SECTIONS
+
+    assert set(DATA) <= set(REGISTRY) and set(FIT_FIGURES) <= set(REGISTRY)
+    assert set(FIGURES) <= set(DATA)
+    html_path, _ = good_report
+    text = html_path.read_text()
+    nav = text.split("<nav>")[1].split("</nav>")[0]
+    anchors = [s.anchor for s in SECTIONS if s.anchor]
+    assert len(set(anchors)) == len(anchors)
+    # the sections this study has (the frontier: its ranks are arms; no replay law: no replay)
+    report = analysed("good")[2]
+    anchors = [s.anchor for s in SECTIONS if s.anchor and s.shown(report)]
+    assert "frontier" in anchors and "replaylaw" not in anchors and "replaylaw" not in text
+    assert re.findall(r'href="#([a-z]+)"', nav) == anchors  # the navigation, in page order
+    positions = [text.index(f'<h2 id="{a}">') for a in anchors]  # one heading each, in order
+    assert positions == sorted(positions)
+    assert all(text.count(f'id="{a}"') == 1 for a in anchors)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forgetscale import quantities
 from forgetscale.environment import library_versions
 from forgetscale.errors import UserError
 
@@ -52,38 +53,17 @@ class Column:
     help: str
 
 
-# The measurement schema: declared here once; the SQL table, the store's reads and writes,
-# the export columns, the training run's record and the callback's keys derive from it.
-MEASUREMENT_COLUMNS: tuple[Column, ...] = (
-    Column("finetune_loss", "REAL", "float64", "L_ft: cross-entropy on held-out task data"),
-    Column("forgetting_loss", "REAL", "float64", "hard L_f: mean -log q(base's top-1 token)"),
-    Column("forgetting_loss_soft", "REAL", "float64", "soft L_f: mean cross-entropy p -> q"),
-    Column("kl", "REAL", "float64", "mean KL(base || model) (top-K + lumped tail)"),
-    Column("base_entropy", "REAL", "float64", "mean entropy of the base (top-K + lumped tail)"),
-    Column("agreement", "REAL", "float64", "share of positions where top-1 is the base's"),
-    Column("train_loss", "REAL", "float64", "mean training loss since the last measurement"),
-    Column("tokens_seen", "INTEGER", "Int64", "training tokens seen so far (task + replay)"),
-    Column("task_tokens_seen", "INTEGER", "Int64", "task-data training tokens seen so far"),
-    Column("replay_tokens_seen", "INTEGER", "Int64", "replay-data training tokens seen so far"),
-    Column(
-        "train_kl",
-        "REAL",
-        "float64",
-        "mean KL(base || model) of the KL penalty on its blocks since the last measurement",
-    ),
-    Column("wall_s", "REAL", "float64", "training wall time so far, in seconds"),
+# The measurement schema, from the quantities (forgetscale.quantities, declared there once):
+# the SQL table, the store's reads and writes, the export columns, the training run's record
+# and the callback's keys derive from it.
+MEASUREMENT_COLUMNS: tuple[Column, ...] = tuple(
+    Column(q.name, q.sql, q.dtype, q.help) for q in quantities.stored() if q.sql
 )
 METRIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in MEASUREMENT_COLUMNS)
-LATER_COLUMNS: tuple[str, ...] = ("task_tokens_seen", "replay_tokens_seen", "train_kl")
+LATER_COLUMNS: tuple[str, ...] = tuple(q.name for q in quantities.stored() if q.later)
 """Measurement columns added after stores were first written: a store without them gains them
 when opened for writing, and reads of one opened read-only give them as missing (NULL)."""
-FORGETTING_COLUMNS: tuple[str, ...] = (
-    "forgetting_loss",
-    "forgetting_loss_soft",
-    "kl",
-    "base_entropy",
-    "agreement",
-)
+FORGETTING_COLUMNS: tuple[str, ...] = tuple(q.name for q in quantities.stored() if q.forgetting)
 """The columns that :class:`forgetscale.metrics.ForgettingResult` fills."""
 
 # Run columns joined to every measurement (P is ``params_trained``).

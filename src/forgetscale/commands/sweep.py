@@ -33,8 +33,6 @@ given as --EXECUTOR-OPTION=value (e.g. --ray-address=auto) or in the sweep file'
 executor: block. Exit code 1 when a run failed (a diverged run is a result).
 """
 
-OWN_FLAGS = ("--dry-run", "--executor", "--workers", "--no-progress")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from forgetscale.commands._common import add_run_arguments

@@ -1,17 +1,19 @@
-"""Figures for fitted laws, like the paper's, each written as PNG plus the CSV behind it.
+"""``fit --plots``: the report's figures for one fitted law, each written as PNG plus the CSV
+behind it.
 
-:func:`stage_figures` draws, for a :class:`~forgetscale.laws.FitResult` and its table
-(the points and predictions come from :func:`forgetscale.laws.holdout.point_table`):
+:func:`stage_figures` builds, for a :class:`~forgetscale.laws.FitResult` and its table (the
+points and predictions from :func:`forgetscale.laws.holdout.point_table`), the data of four
+figures of the figure registry (:data:`forgetscale.figures.FIGURES`) and draws them with the
+same code as a study's report (one colour map, one label table):
 
-- ``forgetting_vs_finetune.png``: L_f against L_ft per run with the fitted line
-  of the ``linear`` law (the paper's Fig. 2);
-- ``loss_vs_steps.png``: L_ft, L_f and the fitted target against N, one colour per
-  P, with the fitted curves (the paper's Fig. 3; log axes for power laws);
+- ``forgetting_vs_finetune.png``: L_f against L_ft per run with the fitted line of the
+  ``linear`` law (the paper's Fig. 2);
+- ``loss_vs_steps.png``: L_ft, L_f and the fitted targets against N, one colour per P, with
+  the fitted curves (the paper's Fig. 3);
 - ``predicted_vs_observed.png``: the law's prediction against the measurement;
-- ``residuals.png``: log residuals (log predicted - log observed) against N.
+- ``residuals.png``: observed - predicted against N.
 
-Held-out points (``holdout``) are drawn hollow. Matplotlib runs with the Agg
-backend, so no display is needed. Files are written through
+Held-out points (``holdout``) are drawn hollow. Files are written through
 :class:`~forgetscale.outputs.StagedOutputs`: all of them, or none.
 """
 
@@ -32,73 +34,20 @@ from forgetscale.outputs import StagedOutputs
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-LABELS = {
-    "finetune_loss": "fine-tuning loss $L_{ft}$",
-    "forgetting_loss": "forgetting loss $L_f$",
-    "forgetting_loss_soft": "soft forgetting loss $L_f^{soft}$",
-    "kl": "KL(base || model)",
-    "disagreement": "1 - agreement",
-    "step": "fine-tuning steps $N$",
-    "params_trained": "trainable parameters $P$",
+#: The figures ``fit --plots`` draws (registry name -> the file name it has always had).
+FIGURES: dict[str, str] = {
+    "forgetting_vs_finetune": "forgetting_vs_finetune",
+    "losses_vs_steps": "loss_vs_steps",
+    "predicted_vs_observed": "predicted_vs_observed",
+    "residuals": "residuals",
 }
-#: The files :func:`stage_figures` writes (each as .png and .csv).
-FIGURES: tuple[str, ...] = (
-    "forgetting_vs_finetune",
-    "loss_vs_steps",
-    "predicted_vs_observed",
-    "residuals",
-)
 #: Bytes the figures need, about (checked against the free space before a fit).
 FIGURES_BYTES = 4 * 1024 * 1024
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
-
-
-def _colors(p_values: np.ndarray) -> dict[float, Any]:
-    plt = _pyplot()
-    uniq = np.unique(p_values)
-    cmap = plt.get_cmap("viridis")
-    return {p: cmap(i / max(len(uniq) - 1, 1) * 0.9) for i, p in enumerate(uniq)}
-
-
-def _plain_ticks(ax) -> None:
-    """Log axes labelled 60, 100, 200 rather than 6x10^1 (losses span < 1 decade)."""
-    from matplotlib.ticker import FuncFormatter
-
-    def sparse(v, _):
-        lead = round(v / 10 ** np.floor(np.log10(v)), 6) if v > 0 else 0
-        return f"{v:.3g}" if lead in (2.0, 5.0) else ""
-
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "log":
-            lo, hi = sorted(axis.get_view_interval())
-            narrow = lo > 0 and hi / lo < 3  # few minor ticks: label them all
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-            axis.set_minor_formatter(FuncFormatter((lambda v, _: f"{v:.3g}") if narrow else sparse))
-
-
-def _scatter(ax, rows, x, y, colors, label_runs: bool = True) -> None:
-    seen = set()
-    groups = rows.groupby(["params_trained", "split"])
-    for (p, split), g in sorted(groups, key=lambda item: (item[0][0], item[0][1] != IN_SAMPLE)):
-        c = colors[p]
-        label = f"P = {p:.3g}" if label_runs and p not in seen else None
-        seen.add(p)
-        kw = {"facecolors": "none", "edgecolors": [c]} if split == HELD_OUT else {"color": c}
-        ax.scatter(g[x], g[y], s=16, label=label, **kw)
-
-
 def figure_files() -> list[str]:
     """Names of the files :func:`stage_figures` writes into its folder."""
-    return [f"{name}.{ext}" for name in FIGURES for ext in ("png", "csv")]
+    return [f"{name}.{ext}" for name in FIGURES.values() for ext in ("png", "csv")]
 
 
 def stage_figures(
@@ -112,130 +61,132 @@ def stage_figures(
 ) -> None:
     """Draw the four figures (PNG + CSV) for ``fit`` on ``df`` into ``staged`` (renamed into
     ``outdir`` when it commits: all of them, or none)."""
-    import pandas as pd
+    from forgetscale.figures import draw
 
     out = Path(outdir)
     holdout = Holdout.parse(holdout)
-    plt = _pyplot()
-    law = fit.law_spec
-    plotted = ("finetune_loss", "forgetting_loss")
-    rows = point_table(fit, df, holdout, extra=plotted)
+    rows = point_table(fit, df, holdout, extra=("finetune_loss", "forgetting_loss"))
     if "params_trained" not in rows:
         rows["params_trained"] = 0.0
-    colors = _colors(rows["params_trained"].to_numpy())
-    hollow = " (hollow: held out)" if (rows["split"] == HELD_OUT).any() else ""
-
-    def save(fig, name: str, table: pd.DataFrame) -> None:
-        fig.tight_layout()
-        try:
-            staged.write(
-                out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=130, format="png"), option
-            )
-        finally:
-            plt.close(fig)
-        staged.write(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False), option)
-
-    # -- Fig. 2: L_f vs L_ft with the linear law ----------------------------------------
-    if {"finetune_loss", "forgetting_loss"} <= set(rows.columns):
-        fitted = rows[rows["split"] == IN_SAMPLE]
-        if law.name == "linear":
-            line = fit.params
-        else:
-            lin = get_law("linear")
-            part = FitData(
-                fitted["run_id"].to_numpy(),
-                {c: fitted[c].to_numpy() for c in ("finetune_loss", "forgetting_loss")},
-            )
-            line, _, _ = fit_data(lin, ("forgetting_loss",), part, n_starts=3)
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        _scatter(ax, rows, "finetune_loss", "forgetting_loss", colors)
-        xs = np.linspace(rows["finetune_loss"].min(), rows["finetune_loss"].max(), 50)
-        ys = line["s_f_ft"] - line["c_f_ft"] * xs
-        ax.plot(
-            xs, ys, "k--", lw=1.2, label=f"L_f = {line['s_f_ft']:.3f} - {line['c_f_ft']:.3f} L_ft"
+    rows["params_trained"] = rows["params_trained"].astype(float)
+    made = {
+        "forgetting_vs_finetune": _forgetting_vs_finetune(fit, rows),
+        "losses_vs_steps": _losses_vs_steps(fit, rows),
+        **dict(zip(("predicted_vs_observed", "residuals"), _evaluations(fit, rows, holdout),
+                   strict=True)),
+    }  # fmt: skip
+    for name, made_figure in made.items():
+        if made_figure is None:
+            continue
+        data, table = made_figure
+        png = draw(name, data)
+        file = out / FIGURES[name]
+        staged.write(file.with_suffix(".png"), lambda tmp, b=png: Path(tmp).write_bytes(b), option)
+        staged.write(
+            file.with_suffix(".csv"), lambda tmp, t=table: t.to_csv(tmp, index=False), option
         )
-        ax.set_xlabel(LABELS["finetune_loss"])
-        ax.set_ylabel(LABELS["forgetting_loss"])
-        ax.set_title("Forgetting vs fine-tuning loss" + hollow)
-        ax.legend(fontsize=8)
-        table = rows[
-            ["run_id", "params_trained", "step", "finetune_loss", "forgetting_loss", "split"]
-        ].copy()
-        table["linear_forgetting_loss"] = line["s_f_ft"] - line["c_f_ft"] * table["finetune_loss"]
-        save(fig, "forgetting_vs_finetune", table)
 
-    # -- Fig. 3: losses vs N per P with fitted curves ------------------------------------
-    panels = [t for t in dict.fromkeys([*plotted, *fit.targets]) if t in rows.columns]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False)
-    curves = []
-    for ax, t in zip(axes[0], panels, strict=True):
-        _scatter(ax, rows[rows["step"] > 0], "step", t, colors)
-        if t in fit.targets:
-            for p, g in rows.groupby("params_trained"):
-                if law.variables == ("params_trained", "step") or set(law.variables) == {
-                    "params_trained",
-                    "step",
-                }:
-                    n = np.geomspace(max(g["step"].min(), 1), g["step"].max(), 100)
-                    y = np.broadcast_to(
-                        law.predict(
-                            fit.params, {"params_trained": np.full_like(n, p), "step": n}, t
-                        ),
-                        n.shape,
-                    )
-                else:  # e.g. linear: predictions at the observed points
-                    g = g.sort_values("step")
-                    n, y = g["step"].to_numpy(), g[f"predicted_{t}"].to_numpy()
-                ax.plot(n, y, color=colors[p], lw=1.2)
-                curves.append(
-                    pd.DataFrame({"params_trained": p, "step": n, "target": t, "predicted": y})
-                )
-        ax.set_xscale("log")
-        if law.power_law:
-            ax.set_yscale("log")
-        _plain_ticks(ax)
-        ax.set_xlabel(LABELS["step"])
-        ax.set_ylabel(LABELS[t])
-        ax.set_title(
-            f"{LABELS[t].split(' $')[0].capitalize()} vs steps"
-            + ("" if t in fit.targets else " (not fitted)")
-        )
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"law: {law.name}; points: measurements, lines: fit{hollow}", fontsize=10)
-    save(fig, "loss_vs_steps", pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
 
-    # -- predicted vs observed, residuals ------------------------------------------------
-    fig, axes = plt.subplots(
-        1, len(fit.targets), figsize=(4.6 * len(fit.targets), 4.3), squeeze=False
-    )
-    for ax, t in zip(axes[0], fit.targets, strict=True):
-        _scatter(ax, rows, t, f"predicted_{t}", colors)
-        lo = min(rows[t].min(), rows[f"predicted_{t}"].min())
-        hi = max(rows[t].max(), rows[f"predicted_{t}"].max())
-        ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="y = x")
-        ax.set_xlabel(f"observed {LABELS[t]}")
-        ax.set_ylabel(f"predicted {LABELS[t]}")
-        ax.set_title(f"R^2 = {fit.r2[t]:.4f}, RMSE = {fit.rmse[t]:.4g}", fontsize=9)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"law: {law.name}: predicted vs observed{hollow}", fontsize=10)
+def _points(rows: pd.DataFrame, columns: Sequence[str]) -> dict[str, list]:
     cols = ["run_id", "params_trained", "step", "split"]
-    cols += [c for t in fit.targets for c in (t, f"predicted_{t}")]
-    save(fig, "predicted_vs_observed", rows[cols])
+    cols += [c for c in dict.fromkeys(columns) if c in rows.columns and c not in cols]
+    return rows[cols].to_dict(orient="list")
 
-    fig, axes = plt.subplots(
-        1, len(fit.targets), figsize=(4.6 * len(fit.targets), 4.3), squeeze=False
-    )
-    table = rows[["run_id", "params_trained", "step", "split"]].copy()
-    for ax, t in zip(axes[0], fit.targets, strict=True):
-        resid = np.log(rows[f"predicted_{t}"].clip(lower=1e-12)) - np.log(rows[t])
-        table[f"log_residual_{t}"] = resid
-        tmp = rows.assign(resid=resid)
-        _scatter(ax, tmp[tmp["step"] > 0], "step", "resid", colors)
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
-        _plain_ticks(ax)
-        ax.set_xlabel(LABELS["step"])
-        ax.set_ylabel(f"log residual of {LABELS[t].split(' $')[0]}")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"law: {law.name}: log(predicted) - log(observed){hollow}", fontsize=10)
-    save(fig, "residuals", table)
+
+def _forgetting_vs_finetune(fit: FitResult, rows: pd.DataFrame):
+    """L_f against L_ft with the linear law: the fit's own when it is linear, else one fitted
+    to the same in-sample rows."""
+    if not {"finetune_loss", "forgetting_loss"} <= set(rows.columns):
+        return None
+    fitted = rows[rows["split"] == IN_SAMPLE]
+    if fit.law_spec.name == "linear":
+        line, r2 = fit.params, fit.r2.get("forgetting_loss")
+    else:
+        part = FitData(
+            fitted["run_id"].to_numpy(),
+            {c: fitted[c].to_numpy() for c in ("finetune_loss", "forgetting_loss")},
+        )
+        line, _, _ = fit_data(get_law("linear"), ("forgetting_loss",), part, n_starts=3)
+        r2 = None
+    law = {"s_f_ft": line["s_f_ft"], "c_f_ft": line["c_f_ft"], "r2": r2}
+    panel = {"target": "forgetting_loss", "law": law, "least_squares": None, "per_p": []}
+    data = {"points": _points(rows, ("finetune_loss", "forgetting_loss")), "panels": [panel]}
+    table = rows[
+        ["run_id", "params_trained", "step", "finetune_loss", "forgetting_loss", "split"]
+    ].copy()
+    table["linear_forgetting_loss"] = line["s_f_ft"] - line["c_f_ft"] * table["finetune_loss"]
+    return data, table
+
+
+def _losses_vs_steps(fit: FitResult, rows: pd.DataFrame):
+    """The losses and the fitted targets against N per P, with the law's curves."""
+    import pandas as pd
+
+    law = fit.law_spec
+    shown = rows[rows["step"] > 0]
+    targets = [t for t in dict.fromkeys(["finetune_loss", "forgetting_loss", *fit.targets])
+               if t in rows.columns]  # fmt: skip
+    curves: dict[str, Any] = {}
+    frames = []
+    for t in fit.targets:
+        per_p = []
+        for p, g in shown.groupby("params_trained"):
+            if set(law.variables) == {"params_trained", "step"}:
+                n = np.geomspace(max(float(g["step"].min()), 1.0), float(g["step"].max()), 100)
+                X = {"params_trained": np.full_like(n, p), "step": n}
+                y = np.broadcast_to(law.predict(fit.params, X, t), n.shape)
+            else:  # e.g. linear: the predictions at the observed points
+                g = g.sort_values("step")
+                n, y = g["step"].to_numpy(float), g[f"predicted_{t}"].to_numpy(float)
+            per_p.append({"params_trained": float(p), "step": n.tolist(), "predicted": y.tolist()})
+            frames.append(pd.DataFrame({"params_trained": p, "step": n, "target": t,
+                                        "predicted": y}))  # fmt: skip
+        curves[t] = {"law": law.name, "identified": _identified(fit), "per_p": per_p}
+    data = {
+        "points": _points(shown, targets),
+        "targets": targets,
+        "curves": curves,
+        "min_step": fit.min_step,
+    }
+    return data, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _identified(fit: FitResult) -> bool:
+    return bool(fit.converged and not fit.on_bound)
+
+
+def _evaluations(fit: FitResult, rows: pd.DataFrame, holdout: Holdout | None):
+    """Predicted against observed, and the residuals: one row of panels, the held-out points
+    (if any) hollow."""
+    held = bool((rows["split"] == HELD_OUT).any())
+    scheme = "all_points"
+    if held:
+        scheme = "held_out_steps" if holdout and holdout.scheme == "largest-N" else "held_out_runs"
+    pv: dict[str, Any] = {}
+    for t in fit.targets:
+        points = _points(rows, ())
+        points["observed"] = rows[t].tolist()
+        points["predicted"] = rows[f"predicted_{t}"].tolist()
+        rmse_held = (fit.holdout or {}).get("rmse", {}).get(t) if held else None
+        pv[t] = {
+            "law": fit.law_spec.name,
+            "identified": _identified(fit),
+            "schemes": {
+                scheme: {
+                    "description": (fit.holdout or {}).get("description"),
+                    "rmse": rmse_held,
+                    "rmse_in_sample": fit.rmse.get(t),
+                    "r2": fit.r2.get(t),
+                    "points": points,
+                }
+            },
+        }
+    cols = ["run_id", "params_trained", "step", "split"]
+    observed = rows[cols + [c for t in fit.targets for c in (t, f"predicted_{t}")]]
+    residuals = rows[cols].copy()
+    for t in fit.targets:
+        residuals[f"residual_{t}"] = rows[t] - rows[f"predicted_{t}"]
+        residuals[f"log_residual_{t}"] = np.log(rows[f"predicted_{t}"].clip(lower=1e-12)) - np.log(
+            rows[t]
+        )
+    return (pv, observed), ({"fits": pv, "seed_spread": {}}, residuals)

@@ -32,48 +32,24 @@ from typing import Any
 
 import numpy as np
 
+from forgetscale import quantities
 from forgetscale.errors import UserError
+from forgetscale.quantities import Quantity
 
 #: Columns (from the export table of the results store) that laws may read.
 VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss", "replay_fraction")
 
 
-@dataclass(frozen=True)
-class Target:
-    """A quantity a law can predict.
+Target = Quantity
+"""A quantity a law can predict (:class:`forgetscale.quantities.Quantity` with ``target``):
+its ``name`` (``fit --target NAME``), ``symbol`` (in formulas and tables), ``rises`` (grows
+with P and N, as forgetting does; the fine-tuning loss falls: power laws subtract their
+power terms for rising targets, so the curve approaches its asymptote E from below) and
+``help``."""
 
-    Attributes:
-        name: Column name (``fit --target NAME``).
-        symbol: Short name in tables and figures.
-        rises: The quantity grows with P and N (forgetting does; the fine-tuning loss
-            falls). Power laws subtract their power terms for rising targets, so the
-            curve approaches its asymptote E from below.
-        help: One line for ``--help`` and the docs.
-    """
-
-    name: str
-    symbol: str
-    rises: bool
-    help: str
-
-
-#: Everything a law may predict, by column name. ``disagreement`` is derived from the
-#: export column ``agreement`` when a table has no ``disagreement`` column.
-TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in (
-        Target("finetune_loss", "L_ft", False, "fine-tuning loss on held-out task data"),
-        Target("forgetting_loss", "L_f", True, "hard forgetting loss (the paper's L_f)"),
-        Target("forgetting_loss_soft", "L_f soft", True, "soft forgetting loss"),
-        Target("kl", "KL", True, "KL(base || model) on the forgetting corpus"),
-        Target(
-            "disagreement",
-            "1 - agreement",
-            True,
-            "1 - agreement: share of positions whose top-1 token moved",
-        ),
-    )
-}
+#: Everything a law may predict, by column name, from :mod:`forgetscale.quantities`. A
+#: ``derived_from`` target (``disagreement``) is computed when a table lacks its column.
+TARGETS: dict[str, Target] = {q.name: q for q in quantities.targets()}
 #: Columns a law may predict.
 TARGET_COLUMNS: tuple[str, ...] = tuple(TARGETS)
 

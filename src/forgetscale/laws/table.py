@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from forgetscale import quantities
 from forgetscale.errors import UserError
 from forgetscale.laws.registry import Law
 from forgetscale.store import read_measurements
@@ -33,9 +34,12 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Columns every fit needs besides its law's variables and targets: the run (the
 #: bootstrap resamples whole runs) and the step (N; step 0 is the base model).
 REQUIRED_FIT_COLUMNS: tuple[str, ...] = ("run_id", "step")
-#: Targets computed from another export column when the table lacks them.
+#: Targets computed from another export column when the table lacks them (a share and its
+#: complement: ``disagreement = 1 - agreement``), from :mod:`forgetscale.quantities`.
 DERIVED_TARGETS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
-    "disagreement": ("agreement", lambda agreement: 1.0 - agreement),
+    q.name: (q.derived_from, lambda share: 1.0 - share)
+    for q in quantities.QUANTITIES
+    if q.derived_from
 }
 #: Share of each run's steps (the last ones) that ``--holdout largest-N`` holds out.
 LARGEST_N_FRACTION = 0.2

@@ -158,11 +158,10 @@ def analyse(
             warnings.append(f"The most-forgotten blocks could not be measured: {exc}")
 
     t_fig = time.perf_counter()
-    figures = figure_data(df, runs, laws, shown, fits, noise, config)
     front = _frontier.frontier(
         df, runs, typical_spread(noise["seed_spread"]).get("forgetting_loss")
     )
-    figures.update(_frontier.figure_data(front))
+    figures = figure_data(df, runs, laws, shown, fits, noise, config, front)
     seconds["figure_data"] = time.perf_counter() - t_fig
     replay = replay_law(df, runs, config)
     seconds["total"] = time.perf_counter() - t_start

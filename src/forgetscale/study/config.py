@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from forgetscale import quantities
 from forgetscale.config.fields import (
     check_field_values,
     coerce_value,
@@ -28,17 +29,18 @@ DEFAULT_LAWS: dict[str, list[str]] = {
     "forgetting_loss_soft": ["multiplicative"],
 }
 
-#: Targets in the order the report shows them.
-TARGET_ORDER = ("forgetting_loss", "forgetting_loss_soft", "finetune_loss", "kl", "disagreement")
-SYMBOLS = {
-    "finetune_loss": "L_ft",
-    "forgetting_loss": "L_f (hard)",
-    "forgetting_loss_soft": "L_f (soft)",
-    "kl": "KL",
-    "disagreement": "1 - agreement",
-}
+#: Targets in the order the report shows them: the paper's three quantities first, then the
+#: others a law may predict (:mod:`forgetscale.quantities`).
+_LEAD = ("forgetting_loss", "forgetting_loss_soft", "finetune_loss")
+_TARGETS = {q.name: q for q in quantities.targets()}
+TARGET_ORDER: tuple[str, ...] = (
+    *(t for t in _LEAD if t in _TARGETS),
+    *(t for t in _TARGETS if t not in _LEAD),
+)
+#: Each target's name in the report's text and tables.
+SYMBOLS: dict[str, str] = {t: _TARGETS[t].short for t in TARGET_ORDER}
 #: Measured columns shown for the base (step 0) and in the seed spread.
-METRICS = ("forgetting_loss", "forgetting_loss_soft", "kl", "disagreement", "finetune_loss")
+METRICS: tuple[str, ...] = quantities.summarised()
 #: Config keys that do not change what a run measures (left out when grouping seeds).
 #: The acceptance ratio of held-out to in-sample RMSE.
 EXTRAPOLATION_RATIO = 2.0
@@ -56,8 +58,9 @@ class AnalysisConfig:
 
     laws: dict[str, list[str]] = config_field(
         DEFAULT_LAWS,
-        "laws to fit per target: {target: [law, ...]}. Targets: forgetting_loss, "
-        "forgetting_loss_soft, finetune_loss, kl, disagreement; laws: linear (L_f as a "
+        "laws to fit per target: {target: [law, ...]}. Targets: "
+        + ", ".join(TARGET_ORDER)
+        + "; laws: linear (L_f as a "
         "function of L_ft), multiplicative, additive, linear_multiplicative (joint: L_f linear in a "
         "multiplicative L_ft), kalajdzievski (joint L_ft and L_f)",
     )

@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def laws(r: StudyReport) -> str:
     out = [
-        '<h2 id="laws">Laws</h2>',
         "<p class='note'>Each law is fitted to every finished run from min_step on (Huber loss "
         "on log residuals, L-BFGS-B from a grid of starts); intervals are 95% bootstrap "
         "percentile intervals over resampled whole runs. Held-out errors come from two more "
@@ -121,7 +120,7 @@ def _law_block(e: Mapping[str, Any]) -> str:
 
 def paper(r: StudyReport) -> str:
     pa = r.paper
-    out = ['<h2 id="paper">The paper\'s constants</h2>', f"<p class='note'>{esc(pa['text'])}</p>"]
+    out = [f"<p class='note'>{esc(pa['text'])}</p>"]
     presets = pa["presets"]
     names = list(next(iter(presets.values()))["params"])
     ours = pa["ours"]
@@ -156,7 +155,7 @@ def paper(r: StudyReport) -> str:
 
 def predictions(r: StudyReport) -> str:
     pr = r.predictions
-    out = ['<h2 id="predict">What would rank r forget</h2>']
+    out: list[str] = []
     if pr.get("note"):
         out.append(f"<p class='note'>{esc(pr['note'])}</p>")
     if not pr.get("rows"):
@@ -210,7 +209,6 @@ def predictions(r: StudyReport) -> str:
 
 def hard_vs_soft(r: StudyReport) -> str:
     out = [
-        '<h2 id="hardsoft">Hard vs soft L_f</h2>',
         "<p class='note'>The hard L_f (the paper's: cross-entropy on the base's top token) "
         "and the soft L_f (cross-entropy against the base's whole distribution) are fitted "
         "and shown side by side, since the paper's text does not settle which one its "
@@ -239,7 +237,7 @@ def hard_vs_soft(r: StudyReport) -> str:
 
 
 def forgotten(r: StudyReport) -> str:
-    out = ['<h2 id="forgotten">What was forgotten</h2>']
+    out: list[str] = []
     f = r.forgotten
     if f is None:
         out.append(

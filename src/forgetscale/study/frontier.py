@@ -33,8 +33,6 @@ import numpy as np
 
 from forgetscale.study.markup import esc
 
-FIGURE = "frontier"
-
 
 def arm_of(run: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(label, description)`` of a run's arm (every choice but the seed)."""
@@ -226,8 +224,7 @@ def section(report: Any) -> str:
     f = getattr(report, "frontier", None)
     if not f:
         return ""
-    out = ['<h2 id="frontier">Learning–forgetting frontier</h2>',
-           f"<p>{esc(f['sentence'])}</p>"]  # fmt: skip
+    out = [f"<p>{esc(f['sentence'])}</p>"]
     if f["rows"]:
         head = ("arm", "seeds", "matched L_ft", "step there", "L_f", f"L_f {f['plain']}",
                 "forgetting saved (95% CI)", "share of the rise", "KL", "L_ft cost at step",
@@ -260,58 +257,21 @@ def section(report: Any) -> str:
     return "".join(out)
 
 
-def figure_data(f: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The frontier figure's entry of the report's figures (none without a frontier)."""
+def figure_data(f: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The frontier figure's ``{title, caption, data}`` (none without a frontier)."""
     if not f:
-        return {}
+        return None
     arms = [{"label": a["label"], "plain": a["plain"],
              "runs": [{"seed": r["seed"], "trajectory": r["trajectory"]} for r in a["runs"]]}
             for a in f["arms"]]  # fmt: skip
     return {
-        FIGURE: {
-            "title": "Learning–forgetting frontier: L_f and KL against L_ft, per arm",
-            "caption": (
-                "Each line is one run's trajectory in step order (step 0, the base, at the "
-                "right: training moves left), one colour per arm (method, rank, replay "
-                "fraction, KL weight); seeds of an arm share its colour. Lower and further "
-                "left is better: less forgetting for the same fine-tuning loss. Crosses: each "
-                "arm's matched level against plain LoRA (the frontier table)."
-            ),
-            "data": {"arms": arms, "rows": f["rows"]},
-        }
+        "title": "Learning–forgetting frontier: L_f and KL against L_ft, per arm",
+        "caption": (
+            "Each line is one run's trajectory in step order (step 0, the base, at the "
+            "right: training moves left), one colour per arm (method, rank, replay "
+            "fraction, KL weight); seeds of an arm share its colour. Lower and further "
+            "left is better: less forgetting for the same fine-tuning loss. Crosses: each "
+            "arm's matched level against plain LoRA (the frontier table)."
+        ),
+        "data": {"arms": arms, "rows": f["rows"]},
     }
-
-
-def draw(data: Mapping[str, Any]) -> bytes:
-    """PNG of the frontier figure: L_f and KL against L_ft, trajectories per arm."""
-    from matplotlib.lines import Line2D
-
-    from forgetscale.study.figures import AXIS, _png, _pyplot
-
-    plt = _pyplot()
-    arms = data["arms"]
-    cmap = plt.get_cmap("tab10")
-    colour = {a["label"]: cmap(i % 10) for i, a in enumerate(arms)}
-    has_kl = any(p.get("kl") is not None for a in arms for r in a["runs"] for p in r["trajectory"])
-    panels = ["forgetting_loss", "kl"] if has_kl else ["forgetting_loss"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
-    rows = {r["arm"]: r for r in data.get("rows", [])}
-    for ax, key in zip(axes[0], panels, strict=True):
-        for a in arms:
-            for r in a["runs"]:
-                pts = [p for p in r["trajectory"] if p.get(key) is not None]
-                ax.plot([p["finetune_loss"] for p in pts], [p[key] for p in pts], "-o",
-                        color=colour[a["label"]], ms=3, lw=1.6 if a["plain"] else 1.1,
-                        alpha=0.85)  # fmt: skip
-            row = rows.get(a["label"])
-            value = None if row is None else row["forgetting_loss" if key == "forgetting_loss" else "kl"]  # fmt: skip
-            if value is not None:
-                ax.plot([row["matched_finetune_loss"]], [value], "x", color=colour[a["label"]],
-                        ms=9, mew=2)  # fmt: skip
-        ax.set_xlabel(AXIS["finetune_loss"])
-        ax.set_ylabel(AXIS[key])
-    handles = [Line2D([], [], color=colour[a["label"]], marker="o", label=a["label"]) for a in arms]
-    ncol = min(len(handles), 4)
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
-               frameon=False, fontsize=9)  # fmt: skip
-    return _png(fig)

@@ -129,8 +129,7 @@ def section(report: Any) -> str:
     f = getattr(report, "replay_law", None)
     if not f:
         return ""
-    out = ['<h2 id="replaylaw">Forgetting against the replay fraction p</h2>',
-           f"<p>{esc(f.get('sentence', ''))}</p>", f"<p class='note'>{esc(f['paper'])}</p>"]  # fmt: skip
+    out = [f"<p>{esc(f.get('sentence', ''))}</p>", f"<p class='note'>{esc(f['paper'])}</p>"]
     if "params" in f:
         rows = "".join(
             f"<tr><td>{esc(k)}</td><td>{v:.4g}</td><td>"

@@ -5,7 +5,8 @@ there is no script and nothing is fetched, so it opens from disk anywhere. Every
 it shows is in ``report.json`` (strict JSON), including the data behind each figure.
 Both files are written atomically (:func:`forgetscale.outputs.atomic_write`).
 
-The page, in the order of :data:`SECTIONS`: the warnings and the summary come first
+The page, in the order of :data:`SECTIONS` (one list: the navigation, the headings and the
+body come from it): the warnings and the summary come first
 (:mod:`~forgetscale.study.sections`: also what was run, the noise floor and the
 figures), then the results (:mod:`~forgetscale.study.findings`: the laws, the paper's
 constants, the predictions, hard vs soft L_f, what was forgotten). The building
@@ -15,29 +16,61 @@ blocks (style, cells, tables) are in :mod:`~forgetscale.study.markup`.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from forgetscale.errors import UserError
+from forgetscale.figures import draw
 from forgetscale.outputs import atomic_write, dumps
 from forgetscale.study import findings, frontier, replay_law, sections
 from forgetscale.study.analysis import StudyReport
-from forgetscale.study.figures import draw
 from forgetscale.study.markup import CSS, esc
 
-#: The page's sections, in order: ``(anchor, title)``, linked from the top of the page.
-SECTIONS = [
-    ("summary", "Summary"),
-    ("run", "What was run"),
-    ("noise", "Noise floor"),
-    ("figures", "Figures"),
-    ("frontier", "Learning–forgetting frontier"),
-    ("replaylaw", "Forgetting against p"),
-    ("laws", "Laws"),
-    ("paper", "The paper's constants"),
-    ("predict", "What would rank r forget"),
-    ("hardsoft", "Hard vs soft L_f"),
-    ("forgotten", "What was forgotten"),
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the page: its anchor and title (linked from the top of the page and shown
+    as its heading; none for the blocks before the summary) and what renders its body."""
+
+    anchor: str | None
+    title: str | None
+    render: Callable[[StudyReport, Mapping[str, bytes]], str]
+    #: Whether the study has this section (heading, link and body); always, unless given.
+    shown: Callable[[StudyReport], bool] = lambda report: True
+
+
+def _plain(render: Callable[[StudyReport], str]) -> Callable[[StudyReport, Mapping], str]:
+    return lambda report, images: render(report)
+
+
+#: The page, in order: the one list the navigation and the body are made from. A new
+#: section is its renderer (in sections.py or findings.py) and one line here.
+SECTIONS: list[Section] = [
+    Section(None, None, _plain(sections.warnings)),
+    Section(None, None, _plain(sections.study_notes)),
+    Section("summary", "Summary", _plain(sections.summary)),
+    Section("run", "What was run", _plain(sections.what_was_run)),
+    Section("noise", "Noise floor", _plain(sections.noise_floor)),
+    Section("figures", "Figures", sections.figures),
+    # only for studies with such arms (a mitigation, another method, replay fractions)
+    Section(
+        "frontier",
+        "Learning–forgetting frontier",
+        _plain(frontier.section),
+        shown=lambda report: bool(getattr(report, "frontier", None)),
+    ),
+    Section(
+        "replaylaw",
+        "Forgetting against the replay fraction p",
+        _plain(replay_law.section),
+        shown=lambda report: bool(getattr(report, "replay_law", None)),
+    ),
+    Section("laws", "Laws", _plain(findings.laws)),
+    Section("paper", "The paper's constants", _plain(findings.paper)),
+    Section("predict", "What would rank r forget", _plain(findings.predictions)),
+    Section("hardsoft", "Hard vs soft L_f", _plain(findings.hard_vs_soft)),
+    Section("forgotten", "What was forgotten", _plain(findings.forgotten)),
 ]
 
 
@@ -61,26 +94,18 @@ def write_report(report: StudyReport, out_dir: str | Path) -> tuple[Path, Path]:
 
 def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
     """The whole page as one string; ``images`` are the PNGs of the figures by name."""
-    body = "".join(
-        [
-            _header(report),
-            sections.warnings(report),
-            sections.study_notes(report),
-            sections.summary(report),
-            sections.what_was_run(report),
-            sections.noise_floor(report),
-            sections.figures(report, images),
-            frontier.section(report),
-            replay_law.section(report),
-            findings.laws(report),
-            findings.paper(report),
-            findings.predictions(report),
-            findings.hard_vs_soft(report),
-            findings.forgotten(report),
-            "<hr><p class='note'>Every number on this page is in <code>report.json</code> "
-            "beside it. Made by forgetscale.</p>",
-        ]
+    parts = [_header(report)]
+    for section in SECTIONS:
+        if not section.shown(report):
+            continue
+        if section.anchor is not None:
+            parts.append(f'<h2 id="{section.anchor}">{esc(section.title)}</h2>')
+        parts.append(section.render(report, images))
+    parts.append(
+        "<hr><p class='note'>Every number on this page is in <code>report.json</code> "
+        "beside it. Made by forgetscale.</p>"
     )
+    body = "".join(parts)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -91,9 +116,9 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
 
 def _header(r: StudyReport) -> str:
     when = _dt.datetime.fromtimestamp(r.created, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    optional = {"frontier": r.frontier, "replaylaw": r.replay_law}
-    shown = [(k, v) for k, v in SECTIONS if optional.get(k, True)]
-    nav = " ".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in shown)
+    nav = " ".join(
+        f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in SECTIONS if s.anchor and s.shown(r)
+    )
     return (
         "<h1>forgetscale study report</h1>"
         f'<p class="sub">Results store <code>{esc(r.store)}</code> · analysed {when} · '

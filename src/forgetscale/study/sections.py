@@ -47,7 +47,7 @@ def study_notes(r: StudyReport) -> str:
 
 
 def summary(r: StudyReport) -> str:
-    out = ['<h2 id="summary">Summary</h2>']
+    out: list[str] = []
     lines = []
     for t in TARGET_ORDER:
         b = r.best.get(t)
@@ -89,7 +89,7 @@ def summary(r: StudyReport) -> str:
 
 
 def what_was_run(r: StudyReport) -> str:
-    out = ['<h2 id="run">What was run</h2>']
+    out: list[str] = []
     study = r.study or {}
     cmd = study.get("command")
     if cmd:
@@ -197,7 +197,7 @@ def what_was_run(r: StudyReport) -> str:
 
 def noise_floor(r: StudyReport) -> str:
     nf = r.noise_floor
-    out = ['<h2 id="noise">Noise floor</h2>', f"<p class='note'>{esc(nf['text'])}</p>"]
+    out = [f"<p class='note'>{esc(nf['text'])}</p>"]
     metrics = [m for m in ("forgetting_loss", "forgetting_loss_soft", "kl", "disagreement",
                            "finetune_loss") if any(m in s for s in nf["step0"])]  # fmt: skip
     if nf["step0"]:
@@ -258,7 +258,7 @@ def noise_line(r: StudyReport) -> str:
 
 
 def figures(r: StudyReport, images: Mapping[str, bytes]) -> str:
-    out = ['<h2 id="figures">Figures</h2>']
+    out: list[str] = []
     noise = esc(noise_line(r))
     if not images:
         out.append("<p>No figures: no run has finished.</p>")

@@ -1,9 +1,12 @@
-"""The report's figures, drawn from the figure data of a :class:`~forgetscale.study.analysis.StudyReport`.
+"""forgetscale's figures, drawn from plain data: the one drawing path of the study report
+and of ``fit --plots``.
 
-Each function takes the ``data`` of one figure (plain lists and dicts, exactly what
-``report.json`` holds under ``figures``) and returns PNG bytes. Matplotlib runs with
-the Agg backend, so no display is needed. Colours follow P (viridis, small to large);
-held-out points are hollow.
+:data:`FIGURES` is the figure registry: a name -> a function that takes the figure's
+``data`` (plain lists and dicts, exactly what a study's ``report.json`` holds under
+``figures``; :mod:`forgetscale.study.figure_data` and :mod:`forgetscale.laws.plots` make
+it) and returns PNG bytes. One colour map (P, viridis, small to large), one label table
+(:mod:`forgetscale.quantities`); held-out points are hollow. Matplotlib runs with the Agg
+backend, so no display is needed.
 """
 
 from __future__ import annotations
@@ -14,22 +17,13 @@ from typing import Any
 
 import numpy as np
 
-UNIT = "nats/token"
-AXIS = {
-    "finetune_loss": f"fine-tuning loss $L_{{ft}}$ ({UNIT})",
-    "forgetting_loss": f"hard forgetting loss $L_f$ ({UNIT})",
-    "forgetting_loss_soft": f"soft forgetting loss $L_f$ ({UNIT})",
-    "kl": f"KL(base || model) ({UNIT})",
-    "disagreement": "1 - agreement (share of positions)",
-    "step": "fine-tuning steps $N$ (optimizer updates)",
-}
-SHORT = {
-    "finetune_loss": "$L_{ft}$",
-    "forgetting_loss": "hard $L_f$",
-    "forgetting_loss_soft": "soft $L_f$",
-    "kl": "KL",
-    "disagreement": "1 - agreement",
-}
+from forgetscale import quantities
+
+_LABELLED = [*quantities.QUANTITIES, *quantities.VARIABLES]
+#: Axis labels with units, and the short names of titles and legends, by column.
+AXIS = {q.name: q.axis_label() for q in _LABELLED}
+SHORT = {q.name: q.tex for q in _LABELLED}
+UNITS = {q.name: q.unit_suffix() for q in _LABELLED}
 DPI = 100
 
 
@@ -115,6 +109,15 @@ def _legend_outside(fig, axes, colours: _Colours, extra: list | None = None) -> 
                frameon=False, fontsize=9)  # fmt: skip
 
 
+def _held(d) -> Any:
+    """Which rows are held out (hollow): none unless the points say so."""
+    import pandas as pd
+
+    if "split" in d:
+        return (d["split"] == "held_out").to_numpy()
+    return pd.Series(False, index=d.index).to_numpy()
+
+
 def forgetting_vs_finetune(data: Mapping[str, Any]) -> bytes:
     from matplotlib.lines import Line2D
 
@@ -126,7 +129,7 @@ def forgetting_vs_finetune(data: Mapping[str, Any]) -> bytes:
     for ax, panel in zip(axes[0], panels, strict=True):
         t = panel["target"]
         d = df.dropna(subset=[t, "finetune_loss"])
-        ax.scatter(d["finetune_loss"], d[t], c=[colours(p) for p in d["params_trained"]], s=18)
+        _scatter_split(ax, d["finetune_loss"], d[t], d, _held(d), colours)
         for line in panel["per_p"]:
             x = np.array(line["x"])
             ax.plot(x, line["intercept"] + line["slope"] * x, color=colours(line["params_trained"]),
@@ -147,11 +150,13 @@ def forgetting_vs_finetune(data: Mapping[str, Any]) -> bytes:
             ax.axhline(base, color="0.5", ls=":", lw=1.2)
         ax.set_xlabel(AXIS["finetune_loss"])
         ax.set_ylabel(AXIS[t])
-    extra = [
-        Line2D([], [], color="k", ls="--", label="linear law, all runs"),
-        Line2D([], [], color="0.3", lw=0.9, label="least squares per P"),
-        Line2D([], [], color="0.5", ls=":", label="base, step 0"),
-    ]
+    extra = [Line2D([], [], color="k", ls="--", label="linear law, all runs")]
+    if any(panel.get("per_p") for panel in panels):
+        extra.append(Line2D([], [], color="0.3", lw=0.9, label="least squares per P"))
+    if any((panel.get("base") or {}).get("min") is not None for panel in panels):
+        extra.append(Line2D([], [], color="0.5", ls=":", label="base, step 0"))
+    if _held(df).any():
+        extra.append(_hollow_handle())
     _legend_outside(fig, axes, colours, extra)
     return _png(fig)
 
@@ -167,13 +172,13 @@ def losses_vs_steps(data: Mapping[str, Any]) -> bytes:
     any_dashed = False
     for ax, t in zip(axes[0], targets, strict=True):
         d = df.dropna(subset=[t])
-        below = d["step"] < data.get("min_step", 1)
+        below = (d["step"] < data.get("min_step", 1)).to_numpy() | _held(d)
         ax.scatter(d["step"][~below], d[t][~below], s=16,
                    c=[colours(p) for p in d["params_trained"][~below]])  # fmt: skip
         if below.any():
             ax.scatter(d["step"][below], d[t][below], s=16, facecolors="none",
                        edgecolors=[colours(p) for p in d["params_trained"][below]])  # fmt: skip
-        curve = data["curves"].get(t)
+        curve = (data.get("curves") or {}).get(t)
         spread = (data.get("seed_spread") or {}).get(t)
         title = SHORT[t]
         if curve:
@@ -197,10 +202,9 @@ def losses_vs_steps(data: Mapping[str, Any]) -> bytes:
         ax.set_xlabel(AXIS["step"])
         ax.set_ylabel(AXIS[t])
         ax.set_title(title, fontsize=10)
-    extra = [
-        Line2D([], [], color="0.3", lw=1.3, label="fitted law"),
-        Line2D([], [], color="0.5", ls=":", label="base, step 0"),
-    ]
+    extra = [Line2D([], [], color="0.3", lw=1.3, label="fitted law")]
+    if any((b or {}).get("min") is not None for b in (data.get("base") or {}).values()):
+        extra.append(Line2D([], [], color="0.5", ls=":", label="base, step 0"))
     if any_dashed:
         extra.insert(
             1, Line2D([], [], color="0.3", lw=1.3, ls="--", label="law not identified (see Laws)")
@@ -208,6 +212,8 @@ def losses_vs_steps(data: Mapping[str, Any]) -> bytes:
     if (df["step"] < data.get("min_step", 1)).any():
         extra.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", color="0.3",
                             label="before min_step (not fitted)"))  # fmt: skip
+    if _held(df).any():
+        extra.append(_hollow_handle())
     if data.get("seed_spread") and any(data["seed_spread"].values()):
         from matplotlib.patches import Patch
 
@@ -216,7 +222,18 @@ def losses_vs_steps(data: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-_SCHEME_TITLE = {"held_out_runs": "held-out runs", "held_out_steps": "held-out steps"}
+_SCHEME_TITLE = {
+    "held_out_runs": "held-out runs",
+    "held_out_steps": "held-out steps",
+    "all_points": "all points",
+}
+
+
+def _hollow_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker="o", ls="", markerfacecolor="none", color="0.3",
+                  label="held out (not fitted)")  # fmt: skip
 
 
 def _scheme_grid(data: Mapping[str, Any], draw: Callable) -> bytes:
@@ -246,15 +263,17 @@ def _scheme_grid(data: Mapping[str, Any], draw: Callable) -> bytes:
             d = _frame(s["points"])
             held = d["split"] == "held_out"
             draw(ax, t, d, held, colours, s)
+            rmse = f"in sample {_g(s.get('rmse_in_sample'))}"
+            if s.get("rmse") is not None:
+                rmse = f"held out {_g(s['rmse'])}, {rmse}"
             ax.set_title(
-                f"{_SCHEME_TITLE[key]}: {SHORT[t]}, {v['law']} law\nRMSE held out "
-                f"{s['rmse']:.3g}, in sample {s['rmse_in_sample']:.3g}",
-                fontsize=9,
+                f"{_SCHEME_TITLE[key]}: {SHORT[t]}, {v['law']} law\nRMSE {rmse}", fontsize=9
             )
-    extra = [
-        Line2D([], [], marker="o", ls="", color="0.3", label="fitted (in sample)"),
-        Line2D([], [], marker="o", ls="", markerfacecolor="none", color="0.3", label="held out"),
-    ]
+    extra = [Line2D([], [], marker="o", ls="", color="0.3", label="fitted (in sample)")]
+    if any(k != "all_points" for k in schemes):
+        extra.append(
+            Line2D([], [], marker="o", ls="", markerfacecolor="none", color="0.3", label="held out")
+        )
     _legend_outside(fig, axes, colours, extra)
     return _png(fig)
 
@@ -274,8 +293,8 @@ def predicted_vs_observed(data: Mapping[str, Any]) -> bytes:
         lo = float(min(d["observed"].min(), d["predicted"].min()))
         hi = float(max(d["observed"].max(), d["predicted"].max()))
         ax.plot([lo, hi], [lo, hi], "k:", lw=1)
-        ax.set_xlabel(f"observed {SHORT[t]} ({UNIT})")
-        ax.set_ylabel(f"predicted {SHORT[t]} ({UNIT})")
+        ax.set_xlabel(f"observed {SHORT[t]}{UNITS[t]}")
+        ax.set_ylabel(f"predicted {SHORT[t]}{UNITS[t]}")
 
     return _scheme_grid(data, draw)
 
@@ -293,7 +312,7 @@ def residuals(data: Mapping[str, Any]) -> bytes:
         ax.set_xscale("log")
         _plain_log_ticks(ax)
         ax.set_xlabel(AXIS["step"])
-        ax.set_ylabel(f"observed - predicted {SHORT[t]} ({UNIT})")
+        ax.set_ylabel(f"observed - predicted {SHORT[t]}{UNITS[t]}")
 
     return _scheme_grid(data["fits"], draw)
 
@@ -325,8 +344,7 @@ def hard_vs_soft(data: Mapping[str, Any]) -> bytes:
         ax.set_xlim(left=0)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(AXIS["step"])
-        unit = "" if m == "disagreement" else f" ({UNIT})"
-        ax.set_ylabel(f"change in {SHORT[m]}{unit}")
+        ax.set_ylabel(f"change in {SHORT[m]}{UNITS[m]}")
         ax.set_title(f"{SHORT[m]} minus its step-0 value", fontsize=10)
     for ax in flat[len(metrics) :]:
         ax.axis("off")
@@ -335,13 +353,44 @@ def hard_vs_soft(data: Mapping[str, Any]) -> bytes:
 
 
 def frontier(data: Mapping[str, Any]) -> bytes:
-    from forgetscale.study.frontier import draw as draw_frontier
+    """PNG of the frontier figure: L_f and KL against L_ft, trajectories per arm."""
+    from matplotlib.lines import Line2D
 
-    return draw_frontier(data)
+    plt = _pyplot()
+    arms = data["arms"]
+    cmap = plt.get_cmap("tab10")
+    colour = {a["label"]: cmap(i % 10) for i, a in enumerate(arms)}
+    has_kl = any(p.get("kl") is not None for a in arms for r in a["runs"] for p in r["trajectory"])
+    panels = ["forgetting_loss", "kl"] if has_kl else ["forgetting_loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
+    rows = {r["arm"]: r for r in data.get("rows", [])}
+    for ax, key in zip(axes[0], panels, strict=True):
+        for a in arms:
+            for r in a["runs"]:
+                pts = [p for p in r["trajectory"] if p.get(key) is not None]
+                ax.plot([p["finetune_loss"] for p in pts], [p[key] for p in pts], "-o",
+                        color=colour[a["label"]], ms=3, lw=1.6 if a["plain"] else 1.1,
+                        alpha=0.85)  # fmt: skip
+            row = rows.get(a["label"])
+            value = None if row is None else row["forgetting_loss" if key == "forgetting_loss" else "kl"]  # fmt: skip
+            if value is not None:
+                ax.plot([row["matched_finetune_loss"]], [value], "x", color=colour[a["label"]],
+                        ms=9, mew=2)  # fmt: skip
+        ax.set_xlabel(AXIS["finetune_loss"])
+        ax.set_ylabel(AXIS[key])
+    handles = [Line2D([], [], color=colour[a["label"]], marker="o", label=a["label"]) for a in arms]
+    ncol = min(len(handles), 4)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+               frameon=False, fontsize=9)  # fmt: skip
+    return _png(fig)
 
 
-#: Figure name -> drawing function.
-DRAW: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
+def _g(x: float | None) -> str:
+    return "?" if x is None else f"{x:.3g}"
+
+
+#: The figure registry: figure name -> drawing function (data -> PNG bytes).
+FIGURES: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
     "forgetting_vs_finetune": forgetting_vs_finetune,
     "losses_vs_steps": losses_vs_steps,
     "predicted_vs_observed": predicted_vs_observed,
@@ -353,4 +402,4 @@ DRAW: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
 
 def draw(name: str, data: Mapping[str, Any]) -> bytes:
     """PNG bytes of figure ``name`` drawn from its report data."""
-    return DRAW[name](data)
+    return FIGURES[name](data)
