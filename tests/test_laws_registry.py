@@ -154,7 +154,8 @@ USER_LAW_FIRST = textwrap.dedent(
     from forgetscale.laws.synthetic import synthetic_runs
 
     assert list_laws() == [
-        "linear", "additive", "multiplicative", "kalajdzievski", "linear_multiplicative", "steps_only"
+        "linear", "additive", "multiplicative", "kalajdzievski", "linear_multiplicative",
+        "replay_power", "replay_multiplicative", "steps_only"
     ]
     assert get_law("additive").formula["forgetting_loss"].startswith("L_f = E - A")
     df = synthetic_runs("kalajdzievski:openorca", noise=0.01, seed=0)

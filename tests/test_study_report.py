@@ -24,10 +24,11 @@ from study_data import analysed
 from forgetscale.study.report import write_report
 
 FIGURES = {"forgetting_vs_finetune", "losses_vs_steps", "predicted_vs_observed", "residuals",
-           "hard_vs_soft"}  # fmt: skip
+           "hard_vs_soft", "frontier"}  # fmt: skip
 TOP_LEVEL_KEYS = {"format", "created", "store", "study", "config", "runs", "warnings", "checks",
                   "laws", "ranking", "best", "shown_laws", "predictions", "paper", "noise_floor",
-                  "hard_vs_soft", "forgotten", "downstream", "figures", "seconds"}  # fmt: skip
+                  "hard_vs_soft", "forgotten", "downstream", "figures", "seconds", "frontier",
+                  "replay_law"}  # fmt: skip
 
 
 def _strict_json(path: Path) -> dict:
@@ -332,6 +333,10 @@ def test_one_figure_path_and_one_section_list(good_report):
     nav = text.split("<nav>")[1].split("</nav>")[0]
     anchors = [s.anchor for s in SECTIONS if s.anchor]
     assert len(set(anchors)) == len(anchors)
+    # the sections this study has (the frontier: its ranks are arms; no replay law: no replay)
+    report = analysed("good")[2]
+    anchors = [s.anchor for s in SECTIONS if s.anchor and s.shown(report)]
+    assert "frontier" in anchors and "replaylaw" not in anchors and "replaylaw" not in text
     assert re.findall(r'href="#([a-z]+)"', nav) == anchors  # the navigation, in page order
     positions = [text.index(f'<h2 id="{a}">') for a in anchors]  # one heading each, in order
     assert positions == sorted(positions)

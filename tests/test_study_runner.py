@@ -127,11 +127,12 @@ def test_dry_run_checks_the_analysis_block_before_any_run(workdir, capsys, block
 
 def test_a_missing_study_file_names_the_built_in_studies(workdir, capsys):
     assert main(["study", "nope.yaml"]) == 2
-    assert "built-in study: default, quick" in capsys.readouterr().err
+    assert "built-in study: default, quick, mitigation" in capsys.readouterr().err
 
 
 def test_the_built_in_studies_are_valid(workdir, capsys):
-    for name in ("default", "quick"):
+    for name in ("default", "quick", "mitigation"):
         assert main(["study", name, "--dry-run", "--out", "x"]) == 0
     out = capsys.readouterr().out
     assert "sweep default: 6 runs" in out and "sweep quick: 4 runs" in out
+    assert "sweep mitigation: 9 runs" in out

@@ -360,6 +360,39 @@ def hard_vs_soft(data: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def frontier(data: Mapping[str, Any]) -> bytes:
+    """PNG of the frontier figure: L_f and KL against L_ft, trajectories per arm."""
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    arms = data["arms"]
+    cmap = plt.get_cmap("tab10")
+    colour = {a["label"]: cmap(i % 10) for i, a in enumerate(arms)}
+    has_kl = any(p.get("kl") is not None for a in arms for r in a["runs"] for p in r["trajectory"])
+    panels = ["forgetting_loss", "kl"] if has_kl else ["forgetting_loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
+    rows = {r["arm"]: r for r in data.get("rows", [])}
+    for ax, key in zip(axes[0], panels, strict=True):
+        for a in arms:
+            for r in a["runs"]:
+                pts = [p for p in r["trajectory"] if p.get(key) is not None]
+                ax.plot([p["finetune_loss"] for p in pts], [p[key] for p in pts], "-o",
+                        color=colour[a["label"]], ms=3, lw=1.6 if a["plain"] else 1.1,
+                        alpha=0.85)  # fmt: skip
+            row = rows.get(a["label"])
+            value = None if row is None else row["forgetting_loss" if key == "forgetting_loss" else "kl"]  # fmt: skip
+            if value is not None:
+                ax.plot([row["matched_finetune_loss"]], [value], "x", color=colour[a["label"]],
+                        ms=9, mew=2)  # fmt: skip
+        ax.set_xlabel(AXIS["finetune_loss"])
+        ax.set_ylabel(AXIS[key])
+    handles = [Line2D([], [], color=colour[a["label"]], marker="o", label=a["label"]) for a in arms]
+    ncol = min(len(handles), 4)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+               frameon=False, fontsize=9)  # fmt: skip
+    return _png(fig)
+
+
 def _g(x: float | None) -> str:
     return "?" if x is None else f"{x:.3g}"
 
@@ -371,6 +404,7 @@ FIGURES: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
     "predicted_vs_observed": predicted_vs_observed,
     "residuals": residuals,
     "hard_vs_soft": hard_vs_soft,
+    "frontier": frontier,
 }
 
 

@@ -14,6 +14,7 @@ they never saw, the noise floor, and what a rank not run would forget.
 
   forgetscale study                       # the built-in default study (embedded model)
   forgetscale study quick                 # a first look in a few minutes
+  forgetscale study mitigation            # replay, KL penalty, full FT vs plain LoRA
   forgetscale study my-study.yaml --executor slurm
   forgetscale study --analyse-only        # only re-analyse the runs that exist
 
@@ -28,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from forgetscale.commands._common import add_run_arguments
 
     parser.add_argument(
-        "study", nargs="?", help="study file, or a built-in study: default (the default), quick"
+        "study",
+        nargs="?",
+        help="study file, or a built-in study: default (the default), quick, mitigation",
     )
     parser.add_argument("--out", help="folder for the store, the runs and the report")
     parser.add_argument(

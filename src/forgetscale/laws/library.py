@@ -1,11 +1,13 @@
 """The built-in laws: ``linear``, ``additive``, ``multiplicative``, ``kalajdzievski``,
-``linear_multiplicative``.
+``linear_multiplicative``, and with the replay fraction p as a variable ``replay_power``
+and ``replay_multiplicative``.
 
 This module only defines them (:data:`BUILTIN_LAWS`); :mod:`forgetscale.laws`
 registers them when it is imported.
 
 Notation: P = ``params_trained`` (trainable non-embedding parameters), N = ``step``
-(optimizer updates), L_ft = ``finetune_loss``, L_f = ``forgetting_loss``.
+(optimizer updates), L_ft = ``finetune_loss``, L_f = ``forgetting_loss``, p =
+``replay_fraction`` (the share of each update's blocks drawn from replay data).
 
 Sign rule (docs/design.md, "The laws (names used by the CLI)"): the fine-tuning loss *falls* with P and N
 towards its floor E, so the power terms are added; every forgetting quantity
@@ -381,6 +383,83 @@ KALAJDZIEVSKI = Law(
     grid_fn=_kalajdzievski_grid,
 )
 
+# ------------------------------------------------------------------- replay fraction p
+#
+# Bethune et al. (ICML 2025, "Scaling Laws for Forgetting during Finetuning with Pretraining
+# Data Injection") model the pretraining loss after fine-tuning on D tokens of a model of
+# size M with a fraction p of pretraining data injected as
+#     L_pt = L_pt0 + A * D^beta / ((1 + B p) M)^alpha,
+# multiplicative: injection scales the model's effective capacity by (1 + B p). Here the
+# base model is fixed, D grows with the updates N (fixed tokens per update) and P, the
+# trained parameters, makes forgetting *rise*, so the forgetting term is divided by (1 + B p)
+# (Bethune's alpha on the capacity factor taken as 1: p enters through B alone).
+
+
+def _replay_power(theta, X, target):
+    N, p = X["step"], X["replay_fraction"]
+    return theta["L0"] + theta["A"] * N ** theta["beta"] / (1.0 + theta["B"] * p)
+
+
+def _replay_multiplicative(theta, X, target):
+    P, N, p = X["params_trained"], X["step"], X["replay_fraction"]
+    term = theta["A"] * (P / 1e6) ** theta["alpha"] * N ** theta["beta"]
+    return theta["L0"] + term / (1.0 + theta["B"] * p)
+
+
+def _replay_grid(data, target):
+    y = data[target]
+    return {
+        "L0": tuple(float(f * y.min()) for f in (0.9, 0.98)),
+        "A": tuple(float(np.exp(v)) for v in (-6.0, -3.0, 0.0)),
+        "beta": (0.1, 0.4, 1.0),
+        "B": (1.0, 10.0, 100.0, 1000.0),
+    }
+
+
+_REPLAY_PARAMS = dict(
+    L0=Param("L0", 1e-4, 100.0, grid=(1.0,), doc="L_f of the base (N = 0)"),
+    A=Param("A", 1e-10, 1e4, grid=(0.1,), doc="scale of the forgetting term"),
+    alpha=Param("alpha", 1e-4, 5.0, grid=(0.2,), doc="exponent in P (P in millions)"),
+    beta=Param("beta", 1e-4, 5.0, grid=(0.3,), doc="exponent in N"),
+    B=Param("B", 1e-4, 1e6, grid=(10.0,), doc="replay efficiency: p divides forgetting by 1 + B p"),
+)
+
+REPLAY_POWER = Law(
+    name="replay_power",
+    description=(
+        "Forgetting with replay at one P (after Bethune et al. 2025's multiplicative law): "
+        "L_f rises from the base's L0 as a power of N, divided by (1 + B p) where p is the "
+        "share of replay blocks per update. Needs two or more values of p."
+    ),
+    params=tuple(_REPLAY_PARAMS[k] for k in ("L0", "A", "beta", "B")),
+    variables=("step", "replay_fraction"),
+    targets=RISING,
+    formula={t: f"{TARGETS[t].symbol} = L0 + A * N^beta / (1 + B p)" for t in RISING},
+    predict=_replay_power,
+    power_law=False,
+    min_distinct={"step": 3, "replay_fraction": 2},
+    grid_fn=_replay_grid,
+)
+
+REPLAY_MULTIPLICATIVE = Law(
+    name="replay_multiplicative",
+    description=(
+        "Forgetting in P, N and the replay fraction p (after Bethune et al. 2025): "
+        "L_f = L0 + A (P/1e6)^alpha N^beta / (1 + B p); the forgetting term grows with the "
+        "trained parameters and the updates and replay divides it by (1 + B p)."
+    ),
+    params=tuple(_REPLAY_PARAMS[k] for k in ("L0", "A", "alpha", "beta", "B")),
+    variables=("params_trained", "step", "replay_fraction"),
+    targets=RISING,
+    formula={
+        t: f"{TARGETS[t].symbol} = L0 + A * (P/1e6)^alpha * N^beta / (1 + B p)" for t in RISING
+    },
+    predict=_replay_multiplicative,
+    power_law=False,
+    min_distinct={"params_trained": 2, "step": 3, "replay_fraction": 2},
+    grid_fn=lambda data, target: {**_replay_grid(data, target), "alpha": (0.05, 0.3)},
+)
+
 #: The built-in laws, in the order ``forgetscale fit --help`` lists them.
 BUILTIN_LAWS: tuple[Law, ...] = (
     LINEAR,
@@ -388,4 +467,6 @@ BUILTIN_LAWS: tuple[Law, ...] = (
     MULTIPLICATIVE,
     KALAJDZIEVSKI,
     LINEAR_MULTIPLICATIVE,
+    REPLAY_POWER,
+    REPLAY_MULTIPLICATIVE,
 )

@@ -37,7 +37,7 @@ from forgetscale.errors import UserError
 from forgetscale.quantities import Quantity
 
 #: Columns (from the export table of the results store) that laws may read.
-VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss")
+VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss", "replay_fraction")
 
 
 Target = Quantity

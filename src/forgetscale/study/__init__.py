@@ -17,7 +17,7 @@ The modules, in pipeline order:
 - ``forgotten``: the most-forgotten blocks of the largest rank;
 - ``paper``: the paper's constants beside this study's;
 - ``checks``: the acceptance criteria;
-- ``figure_data``: the data behind each figure; ``figures`` draws it;
+- ``figure_data``: the data behind each figure; ``forgetscale.figures`` draws it;
 - ``report``: the page's order and the writer; ``sections`` and ``findings``: the page's
   sections; ``markup``: its style, cells and tables;
 - ``numbers``: a finite float or None, and short text for numbers.

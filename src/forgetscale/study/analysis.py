@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from forgetscale.outputs import dumps, json_safe
+from forgetscale.study import frontier as _frontier
 from forgetscale.study.checks import checks
 from forgetscale.study.config import AnalysisConfig
 from forgetscale.study.figure_data import figure_data
 from forgetscale.study.fits import best_law, fit_laws, fit_warnings, rank_laws, shown_laws
 from forgetscale.study.forgotten import most_forgotten
-from forgetscale.study.noise import hard_vs_soft, noise_floor
+from forgetscale.study.noise import hard_vs_soft, noise_floor, typical_spread
 from forgetscale.study.paper import paper_constants
 from forgetscale.study.predictions import predictions
+from forgetscale.study.replay_law import replay_law
 from forgetscale.study.runs import read_runs, status_warnings
 
 __all__ = ["REPORT_FORMAT", "AnalysisConfig", "StudyReport", "analyse"]
@@ -68,6 +70,12 @@ class StudyReport:
         downstream: ``rows`` of the store's ``downstream`` table, or ``None``.
         figures: ``{name: {title, caption, data}}``: the data each figure is drawn from.
         seconds: Wall time of the fits, of the figure data and in total.
+        frontier: The learning–forgetting frontier (:mod:`~forgetscale.study.frontier`):
+            ``arms`` with their runs' trajectories, ``rows`` comparing each arm with plain
+            LoRA at matched L_ft, ``sentence``; ``None`` with fewer than two arms.
+        replay_law: L_f against P, N and the replay fraction p
+            (:mod:`~forgetscale.study.replay_law`), held-out strengths; ``None`` without
+            replay arms.
     """
 
     created: float
@@ -89,6 +97,8 @@ class StudyReport:
     downstream: dict[str, Any] | None
     figures: dict[str, dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
+    frontier: dict[str, Any] | None = None
+    replay_law: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON data: ``format`` plus every field (NaN and infinities as ``null``)."""
@@ -148,8 +158,12 @@ def analyse(
             warnings.append(f"The most-forgotten blocks could not be measured: {exc}")
 
     t_fig = time.perf_counter()
-    figures = figure_data(df, runs, laws, shown, fits, noise, config)
+    front = _frontier.frontier(
+        df, runs, typical_spread(noise["seed_spread"]).get("forgetting_loss")
+    )
+    figures = figure_data(df, runs, laws, shown, fits, noise, config, front)
     seconds["figure_data"] = time.perf_counter() - t_fig
+    replay = replay_law(df, runs, config)
     seconds["total"] = time.perf_counter() - t_start
     return StudyReport(
         created=time.time(),
@@ -172,4 +186,6 @@ def analyse(
         downstream=downstream,
         figures=figures,
         seconds=seconds,
+        frontier=front,
+        replay_law=replay,
     )

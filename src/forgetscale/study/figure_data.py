@@ -23,6 +23,7 @@ import numpy as np
 
 from forgetscale.study.config import METRICS, AnalysisConfig
 from forgetscale.study.fits import law_entry
+from forgetscale.study.frontier import figure_data as frontier_figure
 from forgetscale.study.noise import typical_spread
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +46,8 @@ class Inputs:
     fits: Mapping[tuple[str, str], FitResult]
     noise: dict[str, Any]
     config: AnalysisConfig
+    #: The learning–forgetting frontier (:mod:`forgetscale.study.frontier`), if any.
+    frontier: dict[str, Any] | None = None
 
     @cached_property
     def labels(self) -> dict[str, str]:
@@ -96,10 +99,11 @@ def figure_data(
     fits: Mapping[tuple[str, str], FitResult],
     noise: dict[str, Any],
     config: AnalysisConfig,
+    frontier: dict[str, Any] | None = None,
 ) -> dict[str, Figure]:
     """``{name: {title, caption, data}}`` for every figure the runs can show, in the order
     of :data:`DATA`."""
-    inputs = Inputs(df, runs, laws, shown, fits, noise, config)
+    inputs = Inputs(df, runs, laws, shown, fits, noise, config, frontier)
     figs = {name: make(inputs) for name, make in DATA.items()}
     return {name: fig for name, fig in figs.items() if fig is not None}
 
@@ -262,6 +266,7 @@ DATA: dict[str, Callable[[Inputs], Figure | None]] = {
     "predicted_vs_observed": predicted_vs_observed,
     "residuals": residuals,
     "hard_vs_soft": hard_vs_soft,
+    "frontier": lambda x: frontier_figure(x.frontier),
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from forgetscale.errors import UserError
 from forgetscale.figures import draw
 from forgetscale.outputs import atomic_write, check_output_folder, dumps
-from forgetscale.study import findings, sections
+from forgetscale.study import findings, frontier, replay_law, sections
 from forgetscale.study.analysis import StudyReport
 from forgetscale.study.markup import CSS, esc
 from forgetscale.study.trust import trust_section
@@ -37,6 +37,8 @@ class Section:
     anchor: str | None
     title: str | None
     render: Callable[[StudyReport, Mapping[str, bytes]], str]
+    #: Whether the study has this section (heading, link and body); always, unless given.
+    shown: Callable[[StudyReport], bool] = lambda report: True
 
 
 def _plain(render: Callable[[StudyReport], str]) -> Callable[[StudyReport, Mapping], str]:
@@ -55,6 +57,19 @@ SECTIONS: list[Section] = [
     Section("run", "What was run", _plain(sections.what_was_run)),
     Section("noise", "Noise floor", _plain(sections.noise_floor)),
     Section("figures", "Figures", sections.figures),
+    # only for studies with such arms (a mitigation, another method, replay fractions)
+    Section(
+        "frontier",
+        "Learning–forgetting frontier",
+        _plain(frontier.section),
+        shown=lambda report: bool(getattr(report, "frontier", None)),
+    ),
+    Section(
+        "replaylaw",
+        "Forgetting against the replay fraction p",
+        _plain(replay_law.section),
+        shown=lambda report: bool(getattr(report, "replay_law", None)),
+    ),
     Section("laws", "Laws", _plain(findings.laws)),
     Section("paper", "The paper's constants", _plain(findings.paper)),
     Section("predict", "What would rank r forget", _plain(findings.predictions)),
@@ -87,6 +102,8 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
     """The whole page as one string; ``images`` are the PNGs of the figures by name."""
     parts = [_header(report)]
     for section in SECTIONS:
+        if not section.shown(report):
+            continue
         if section.anchor is not None:
             parts.append(f'<h2 id="{section.anchor}">{esc(section.title)}</h2>')
         parts.append(section.render(report, images))
@@ -105,7 +122,9 @@ def render_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
 
 def _header(r: StudyReport) -> str:
     when = _dt.datetime.fromtimestamp(r.created, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    nav = " ".join(f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in SECTIONS if s.anchor)
+    nav = " ".join(
+        f'<a href="#{s.anchor}">{esc(s.title)}</a>' for s in SECTIONS if s.anchor and s.shown(r)
+    )
     return (
         "<h1>forgetscale study report</h1>"
         f'<p class="sub">Results store <code>{esc(r.store)}</code> · analysed {when} · '

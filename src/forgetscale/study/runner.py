@@ -6,8 +6,9 @@ sweep's runs that are not finished (on any executor; a rerun resumes), then anal
 run of the study and writes ``report.html`` and ``report.json`` beside the store.
 
 Built-in studies on the embedded default ship in ``forgetscale/study/studies/``:
-``default`` (the study whose design identifies the laws) and ``quick`` (a first look in a
-few minutes, whose report says what it cannot show). ``forgetscale study`` with no file
+``default`` (the study whose design identifies the laws), ``quick`` (a first look in a
+few minutes, whose report says what it cannot show) and ``mitigation`` (plain LoRA against
+replay, the KL-to-base penalty and full fine-tuning, on the learning–forgetting frontier). ``forgetscale study`` with no file
 runs ``default``.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 from forgetscale.errors import UserError
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
-BUILT_IN = ("default", "quick")
+BUILT_IN = ("default", "quick", "mitigation")
 EXTRA_KEYS = ("analysis", "notes")
 """What a study file adds to a sweep file: the ``analysis:`` block and ``notes:`` (sentences
 the report shows under its warnings, e.g. what a quick design cannot show)."""
@@ -43,7 +44,8 @@ class StudyOutcome:
 
 
 def study_file(name_or_path: str | None) -> Path:
-    """The study file: a path, or the name of a built-in study (``default``, ``quick``)."""
+    """The study file: a path, or the name of a built-in study (``default``, ``quick``,
+    ``mitigation``)."""
     if name_or_path is None:
         name_or_path = "default"
     if name_or_path in BUILT_IN:
