@@ -39,11 +39,12 @@ def _float32_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w, self.bias)
 
 
-def use_float32_gemm(model: nn.Module) -> int:
+def use_float32_gemm(model: nn.Module, *, even_with_native: bool = False) -> int:
     """Route ``model``'s bfloat16 ``nn.Linear`` layers on the CPU through a float32 GEMM when
-    the CPU has no native bfloat16 one; returns how many layers now do (0: nothing changed).
-    Idempotent; call it again after adding layers (a PEFT method or adapter)."""
-    if native_bfloat16_gemm():
+    the CPU has no native bfloat16 one (or always, with ``even_with_native``); returns how
+    many layers now do (0: nothing changed). Idempotent; call it again after adding layers
+    (a PEFT method or adapter)."""
+    if native_bfloat16_gemm() and not even_with_native:
         return 0
     count = 0
     for module in model.modules():
