@@ -35,8 +35,23 @@ def _float32_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w = self.weight
     if x.dtype is torch.bfloat16 and w.dtype is torch.bfloat16 and x.device.type == "cpu":
         bias = None if self.bias is None else self.bias.float()
-        return F.linear(x.float(), w.float(), bias).to(torch.bfloat16)
+        return F.linear(x.float(), _float32_weight(self), bias).to(torch.bfloat16)
     return F.linear(x, w, self.bias)
+
+
+def _float32_weight(layer: nn.Linear) -> torch.Tensor:
+    """The weight in float32: a frozen weight's copy is kept while it is unchanged (the same
+    values as a fresh cast, one cast per run instead of one per call); a trained one is cast
+    on every call, inside autograd."""
+    w = layer.weight
+    if w.requires_grad and torch.is_grad_enabled():
+        return w.float()
+    key = (w.data_ptr(), w._version)
+    cached = getattr(layer, "_float32_weight", None)
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().float())
+        layer._float32_weight = cached
+    return cached[1]
 
 
 def use_float32_gemm(model: nn.Module, *, even_with_native: bool = False) -> int:
