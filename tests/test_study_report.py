@@ -91,6 +91,8 @@ def test_page_says_what_a_reader_needs(good_report):
         "What was run",
         "forgetscale study tests/good.yaml",  # the command to reproduce
         "test machine, 2 cores",
+        "These runs ran on test machine, 2 cores. ",  # what moves between machines
+        "Compare runs from one machine",
         "Noise floor",
         "Spread over seeds",
         "held-out runs",

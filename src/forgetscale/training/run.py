@@ -46,6 +46,7 @@ import torch
 from forgetscale.config import TrainConfig, build_config, load_config, parse_overrides
 from forgetscale.errors import DivergedError, UserError
 from forgetscale.finetune_data import RecordFields, load_task_data
+from forgetscale.kernels import use_float32_gemm
 from forgetscale.metrics import evaluate_forgetting, finetune_loss
 from forgetscale.models import count_parameters, load_model, resolve_device
 from forgetscale.reference import reference_folder, reference_for_config
@@ -165,6 +166,7 @@ class _Run:
             cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=self.device
         )
         model, self.tokenizer = loaded.model, loaded.tokenizer
+        use_float32_gemm(model)  # bfloat16 on a CPU without a bfloat16 GEMM (forgetscale.kernels)
         model_name = cfg.model
         if cfg.adapter:
             from forgetscale.models import apply_adapter
@@ -223,6 +225,7 @@ class _Run:
             warnings.simplefilter("ignore", FutureWarning)
             model = apply_method(model, cfg)
         self.model = model.to(self.device)
+        use_float32_gemm(self.model)  # the method's new layers too
         self.counts = count_parameters(self.model)
         if self.counts.trainable == 0:
             raise UserError("the method left no parameter to train")
