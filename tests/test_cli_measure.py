@@ -146,7 +146,7 @@ def test_reference_out_that_is_an_input_is_refused(tiny_model_dir, general_jsonl
     link.symlink_to(corpus)
     base = ["reference", "--model", str(tiny_model_dir), "--data", str(corpus)]
     for out in (corpus, link):
-        one_line_error(capsys, [*base, "--out", str(out)], "is an input of this command")
+        one_line_error(capsys, [*base, "--out", str(out)], "is the input given to --data")
     one_line_error(capsys, [*base, "--out", str(weights)], "inside the input folder")
     assert corpus.read_bytes() == general_jsonl.read_bytes()
     assert weights.read_bytes() == before
