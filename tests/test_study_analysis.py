@@ -193,6 +193,7 @@ def test_report_data_is_strict_json_with_every_figure():
         "predicted_vs_observed",
         "residuals",
         "hard_vs_soft",
+        "frontier",  # the ranks are arms: each one's trajectory of L_f against L_ft
     }
     for fig in d["figures"].values():
         assert fig["title"] and fig["caption"] and fig["data"]
