@@ -133,7 +133,7 @@ def test_nan_logits_are_not_passed_silently(base_and_tuned):
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_ties_take_the_lowest_token_id(top_k):
-    from forgetscale.reference import base_statistics
+    from forgetscale.topk import base_statistics
 
     logits = torch.tensor([[[0.0, 2.0, 1.0, 2.0, 2.0], [5.0, 1.0, 5.0, 0.0, 0.0]]])
     stats = base_statistics(logits, top_k)
@@ -142,7 +142,7 @@ def test_ties_take_the_lowest_token_id(top_k):
 
 def test_small_tails_keep_relative_precision():
     """A tail of 1e-9 must not be lost to 1 - sum(top-K) rounding."""
-    from forgetscale.reference import base_statistics
+    from forgetscale.topk import base_statistics
 
     logits = torch.full((1, 1, 1000), -40.0)
     logits[0, 0, :3] = torch.tensor([0.0, -1.0, -2.0])

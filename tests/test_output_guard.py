@@ -12,7 +12,7 @@ from helpers import one_line_error
 
 from forgetscale.cli import main
 from forgetscale.laws.synthetic import synthetic_runs
-from forgetscale.outputs import OUTPUT_KINDS
+from forgetscale.output_kinds import OUTPUT_KINDS
 from forgetscale.store import open_store
 
 

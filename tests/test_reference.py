@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from forgetscale.errors import UserError
-from forgetscale.reference import FORMAT, TENSOR_NAMES, ReferenceCache, base_statistics
+from forgetscale.reference import FORMAT, TENSOR_NAMES, ReferenceCache
+from forgetscale.topk import base_statistics
 
 VOCAB, BLOCKS, BLOCK, K = 50, 3, 12, 8
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from forgetscale import quantities
-from forgetscale.outputs import PNG_SOFTWARE
+from forgetscale.output_kinds import PNG_SOFTWARE
 
 _LABELLED = [*quantities.QUANTITIES, *quantities.VARIABLES]
 #: Axis labels with units, and the short names of titles and legends, by column.

@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from forgetscale.errors import UserError
 from forgetscale.finetune_data import IGNORE_INDEX, Examples
 from forgetscale.models import dtype_name, evaluation_mode
-from forgetscale.reference import ReferenceCache, log_tail_mass
+from forgetscale.reference import ReferenceCache
 from forgetscale.store import FORGETTING_COLUMNS
+from forgetscale.topk import log_tail_mass
 
 
 @dataclass

@@ -51,7 +51,7 @@ def figure_files() -> list[str]:
 
 
 def figure_kinds() -> dict[str, str]:
-    """Each file of :func:`figure_files` with its kind (:data:`~forgetscale.outputs.OUTPUT_KINDS`):
+    """Each file of :func:`figure_files` with its kind (:data:`~forgetscale.output_kinds.OUTPUT_KINDS`):
     only figures drawn before may be replaced."""
     return {name: f"figure-{name.rsplit('.', 1)[1]}" for name in figure_files()}
 
