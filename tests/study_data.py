@@ -46,6 +46,7 @@ def make_store(
     confident_run: int | None = None,
     statuses: dict[int, str] | None = None,
     downstream: bool = False,
+    config: dict | None = None,
 ) -> dict[str, str]:
     """Write one finished run per rank (``seeds`` = {rank: number of seeds}) and return
     ``{run_id: "r{rank}s{seed}"}``.
@@ -54,7 +55,8 @@ def make_store(
     soft) grow like log N and log P without a ceiling, so the power laws' asymptote E
     and exponents run to their bounds;
     ``confident_run`` makes that rank's hard L_f dip below its step-0 value while KL
-    rises; ``statuses`` = {rank: status} marks runs failed or diverged.
+    rises; ``statuses`` = {rank: status} marks runs failed or diverged. ``config``: keys
+    every run's recorded config gets (a real model and data, for a plan that runs one).
     """
     rng = np.random.default_rng(seed)
     seeds = seeds or {}
@@ -78,6 +80,7 @@ def make_store(
                     "batch_size": 8,
                     "max_steps": max(steps),
                 }
+                cfg = {**cfg, **(config or {}), "rank": r, "seed": s, "max_steps": max(steps)}
                 st.start_run(run_id, cfg, method="lora", rank=r, params_trained=P,
                              versions={"forgetscale": "test"})  # fmt: skip
                 st.add_measurement(

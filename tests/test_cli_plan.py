@@ -209,3 +209,89 @@ def test_check_reports_the_planned_run_against_its_interval(pilot, capsys, tmp_p
     # a table without the planned run is one line
     rc, out, err = _plan(capsys, *args, "--check", str(store).replace("results", "none"))
     assert rc == 2 and "--check: no such file" in err
+
+
+@pytest.fixture
+def real_pilot(tmp_path, workdir):
+    """A pilot store drawn from the known laws whose runs name the real tiny model and data:
+    the plan is made on the laws, the planned run is then really trained."""
+    from helpers import tiny_config
+
+    values = tiny_config(workdir, eval_steps=None, eval_log_points=3).to_dict()
+    store = tmp_path / "pilot" / "results.db"
+    store.parent.mkdir()
+    make_store(store, ranks=(1, 2, 4, 8, 16), seeds={1: 2, 4: 2, 16: 2}, noise=NOISE,
+               config=values)  # fmt: skip
+    return store
+
+
+def test_verify_runs_the_planned_configuration_and_checks_it(real_pilot, capsys, tmp_path):
+    from forgetscale.laws.table import read_table
+    from forgetscale.store import open_store
+
+    pilot_before = real_pilot.read_bytes()
+    planned = tmp_path / "planned.db"
+    args = ["--from", str(real_pilot), "--law", "multiplicative", "--bootstrap", "10",
+            "--budget", "forgetting_loss<=+1.2", "--ranks", "2", "4", "--steps", "4", "8",
+            "--no-progress"]  # fmt: skip
+    rc, out, err = _plan(capsys, *args, "--json", "--verify", str(planned))
+    assert rc == 0, err
+    plan = json.loads(out)
+    choice, check = plan["choice"], plan["check"]
+    assert choice is not None
+    with open_store(planned, create=False) as st:
+        (run,) = st.list_runs()
+    # the chosen configuration was really trained, in its own store, on the pilot's config
+    assert (run.rank, run.max_steps, run.status) == (choice["rank"], choice["step"], "finished")
+    pilot = pilot_config(real_pilot)
+    for key in ("model", "task_data", "forgetting_data", "learning_rate", "block_size"):
+        assert run.config[key] == pilot[key]
+    assert run.config["store"] == str(planned)
+    assert real_pilot.read_bytes() == pilot_before  # the pilot is untouched
+    df = read_table(planned)
+    at = df[df["step"] == choice["step"]]
+    v = check["verify"]
+    assert v["run_id"] == run.id and check["runs"] == [run.id] and v["pilot_runs"] == 8
+    assert v["seconds"] > 0 and v["grid_runs"] == 4 and v["grid_seconds"] > 0
+    for t in ("finetune_loss", "forgetting_loss"):
+        c = check["targets"][t]
+        assert c["observed"] == pytest.approx(float(at[t].iloc[0]))
+        lo, hi = c["predicted"]["lo"], c["predicted"]["hi"]
+        assert c["inside"] == (lo <= c["observed"] <= hi)
+    # the words say it too; running the same plan again finds the run finished
+    rc, out, err = _plan(capsys, *args, "--verify", str(planned))
+    assert rc == 0 and "already finished" in err
+    assert f"verify: planned run {run.id}" in out and "the pilot took" in out
+    assert ("inside" in out or "OUTSIDE" in out)
+
+
+def pilot_config(store):
+    from forgetscale.store import open_store
+
+    with open_store(store, create=False) as st:
+        return st.list_runs()[0].config
+
+
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        ("pilot", "is the pilot's store"),
+        ("folder", "is a folder"),
+        ("text", "is not a SQLite results store"),
+        ("check", "--check is for one run"),
+    ],
+)
+def test_verify_refuses_a_bad_store_before_any_work(real_pilot, where, needle, capsys, tmp_path):
+    from helpers import one_line_error
+
+    target = {"pilot": real_pilot, "folder": tmp_path, "text": tmp_path / "notes.txt"}.get(
+        where, tmp_path / "planned.db")  # fmt: skip
+    if where == "text":
+        target.write_text("my notes\n")
+    extra = ["--check", str(real_pilot)] if where == "check" else []
+    one_line_error(capsys, ["plan", "--from", str(real_pilot), "--budget", "forgetting_loss<=+1",
+                            "--ranks", "2", "--steps", "4", "--verify", str(target), *extra],
+                   needle, command="plan")  # fmt: skip
+    if where == "text":
+        assert target.read_text() == "my notes\n"
+    assert not (tmp_path / "planned.db").exists()

@@ -25,6 +25,11 @@ budgets: TARGET<=VALUE on forgetting_loss, forgetting_loss_soft, kl or disagreem
 VALUE with a + is relative to the base model (step 0): forgetting_loss<=+0.5 = at most
 0.5 above the base's L_f.
 
+--verify STORE runs the chosen configuration (the train config --emit forgetscale
+prints, recorded in STORE) and reports it as --check does: the planned run's L_ft and
+forgetting against their intervals, inside or not, and its wall time beside the pilot's.
+Rerun after an interruption: the run resumes from its checkpoint.
+
 --emit prints the chosen configuration on stdout (the plan table goes to stderr):
 peft (a peft.LoraConfig), trl (LoraConfig + trl.SFTConfig) or forgetscale (a train
 YAML: the configuration of the pilot run nearest in rank, with the chosen rank and
@@ -37,6 +42,8 @@ examples:
       --steps 200 --json
   forgetscale plan --from study-out/ --budget "kl<=+0.05" --ranks 8 16 --steps 300 \\
       --emit forgetscale > planned.yaml
+  forgetscale plan --from pilot.db --budget "forgetting_loss<=+0.3" --ranks 4 8 16 \\
+      --steps 100 200 --verify planned.db
 """
 
 
@@ -102,6 +109,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "against observed at the chosen P and N, inside the interval or not",
     )
     parser.add_argument(
+        "--verify",
+        metavar="STORE",
+        help="run the chosen configuration (recorded in this results store, not the pilot's) "
+        "and report it against its interval as --check does",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false",
+        help="no progress bar for the --verify run",
+    )  # fmt: skip
+    parser.add_argument(
         "--emit", choices=("peft", "trl", "forgetscale"), help="print the chosen configuration"
     )
 
@@ -161,13 +178,25 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--law fits a law to --from; with --fit the laws are the saved fits")
     if args.emit and args.ranks is None:
         raise UserError("--emit needs --ranks (a P alone names no LoRA configuration)")
+    if args.verify is not None:
+        if args.check is not None:
+            raise UserError("--verify runs the planned run and checks it; --check is for one run")
+        if args.ranks is None:
+            raise UserError("--verify needs --ranks (a P alone names no LoRA configuration)")
     store = df = None
     if args.source is not None:
         store = _store_of(args.source)
         df = read_table(store)
     targets = ["finetune_loss", *dict.fromkeys(b.target for b in budgets)]
-    if args.emit and (store is None or store.suffix.lower() not in (".db", ".sqlite")):
-        raise UserError("--emit needs --from a results store or study folder (the runs' configs)")
+    for flag, given in (("--emit", args.emit), ("--verify", args.verify)):
+        if given and (store is None or store.suffix.lower() not in (".db", ".sqlite")):
+            raise UserError(
+                f"{flag} needs --from a results store or study folder (the runs' configs)"
+            )
+    if args.verify is not None:
+        from forgetscale.verify import check_verify_store
+
+        check_verify_store(args.verify, pilot=store)
     if args.ranks is not None:
         if df is None or "rank" not in df or "method" not in df:
             raise UserError("--ranks needs --from with the runs' method and rank; give --params")
@@ -207,6 +236,17 @@ def _run(args: argparse.Namespace) -> int:
             result["check"] = check_plan(
                 laws, result["choice"], read_table(_store_of(args.check)), coverage=args.coverage
             )
+    if args.verify is not None:
+        if result["choice"] is None:
+            result["notes"].append("nothing to verify: no candidate was chosen")
+        else:
+            from forgetscale.verify import verify_plan
+
+            assert store is not None
+            result["check"] = verify_plan(
+                laws, result["choice"], store, args.verify, coverage=args.coverage,
+                candidates=result["candidates"], progress=args.progress,
+            )  # fmt: skip
     snippet = None
     if args.emit and result["choice"] is not None:
         assert store is not None

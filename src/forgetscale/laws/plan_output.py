@@ -92,8 +92,20 @@ def format_plan(plan: dict[str, Any]) -> str:
                 f"{_g(check['step'], 6)}): {TARGETS[t].symbol} observed {_g(c['observed'])}, "
                 f"predicted {_pred(c['predicted'])}: {verdict}"
             )
+        v = check.get("verify")
+        if v:
+            line = (f"verify: planned run {v['run_id']} ({v['store']}) took {_minutes(v['seconds'])};"
+                    f" the pilot took {_minutes(v['pilot_seconds'])} ({v['pilot_runs']} runs)")  # fmt: skip
+            if "grid_seconds" in v:
+                line += (f", a grid of all {v['grid_runs']} candidates at their planned size "
+                         f"about {_minutes(v['grid_seconds'])}")  # fmt: skip
+            lines.append(line)
     lines.extend(f"note: {n}" for n in plan["notes"])
     return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _nearest_lora_config(store: Path, rank: int) -> tuple[str, dict[str, Any]]:
@@ -122,7 +134,12 @@ def emit_snippet(fmt: str, store: Path, choice: dict[str, Any]) -> str:
     if fmt == "forgetscale":
         import yaml
 
-        out = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
+        # where the pilot wrote stays the pilot's: the planned run gets its own store, folders
+        # and name (its references are the pilot's: the same corpus, the same base pass)
+        mine = ("store", "checkpoint_dir", "output_dir", "name", "progress", "keep_checkpoint")
+        out = {k: v for k, v in cfg.items() if k in fields and k not in mine}
+        if out.get("reference_dir") is None and out.get("reference") is None:
+            out["reference_dir"] = str(store.resolve().parent / "references")
         out.update(rank=rank, max_steps=steps)
         if isinstance(out.get("eval_steps"), list):
             out["eval_steps"] = sorted({s for s in out["eval_steps"] if s <= steps} | {steps})

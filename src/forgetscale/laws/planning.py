@@ -381,10 +381,11 @@ def check_plan(
     df: pd.DataFrame,
     *,
     coverage: float,
-    tolerance: float = 0.05,
+    tolerance: float | None = 0.05,
 ) -> dict[str, Any]:
     """Predicted against observed for the planned run, once it has been run: the rows of
-    ``df`` at the chosen step whose P is within ``tolerance`` of the chosen P. Each
+    ``df`` at the chosen step whose P is within ``tolerance`` of the chosen P (``None``:
+    every row at that step, for a table that holds only the planned run). Each
     target: the interval at the runs' own P, the observed mean, and whether each run's
     value fell inside (``{"runs", "params_trained", "step", "targets": {...}}``)."""
     from forgetscale.laws.table import _column
@@ -393,7 +394,10 @@ def check_plan(
     if "params_trained" not in df or "step" not in df:
         raise UserError("--check: the table needs the columns params_trained and step")
     p = df["params_trained"].astype(float).to_numpy()
-    rows = df[(np.abs(p / P - 1) <= tolerance) & (df["step"].astype(float) == N)]
+    near = np.abs(p / P - 1) <= tolerance if tolerance is not None else np.ones(len(df), bool)
+    rows = df[near & (df["step"].astype(float) == N)]
+    if not len(rows) and tolerance is None:
+        raise UserError(f"--verify: the planned run has no measurement at step {N:g}")
     if not len(rows):
         raise UserError(
             f"--check: no run in the table has P within {tolerance:.0%} of {P:.4g} measured "
