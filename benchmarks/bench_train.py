@@ -96,12 +96,14 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> floa
 
 
 def study_config() -> dict:
-    """The default study's run config at rank 8, seed 0."""
+    """The default study's run config at rank 8, seed 0 (without the sweep's folders: the
+    benchmark's runs write into a temporary folder, never the study's)."""
     from forgetscale.study.runner import EXTRA_KEYS, study_file
-    from forgetscale.sweep.spec import load_sweep
+    from forgetscale.sweep.spec import SWEEP_OWNED, load_sweep
 
     sweep = load_sweep(study_file("default"), {}, extra_keys=EXTRA_KEYS)
-    return {**sweep.runs[0].config.to_dict(), "rank": 8, "seed": 0}
+    config = {k: v for k, v in sweep.runs[0].config.to_dict().items() if k not in SWEEP_OWNED}
+    return {**config, "rank": 8, "seed": 0}
 
 
 def _sync(device: torch.device) -> None:
