@@ -262,7 +262,7 @@ def test_verify_runs_the_planned_configuration_and_checks_it(real_pilot, capsys,
     rc, out, err = _plan(capsys, *args, "--verify", str(planned))
     assert rc == 0 and "already finished" in err
     assert f"verify: planned run {run.id}" in out and "the pilot took" in out
-    assert ("inside" in out or "OUTSIDE" in out)
+    assert "inside" in out or "OUTSIDE" in out
 
 
 def pilot_config(store):

@@ -34,8 +34,25 @@ def test_the_mitigation_study_scaled_down_runs_every_arm_and_reports_them(workdi
     study["analysis"] = {**study["analysis"], "min_step": 1, "bootstrap": 8}
     (workdir / "mitigation.yaml").write_text(yaml.safe_dump(study))
     assert main(["study", "mitigation.yaml", "--no-progress"]) == 0
+    screen = capsys.readouterr().out
     report = json.loads((workdir / "mitigation" / "report.json").read_text())
     assert len(report["runs"]) == 9 and all(r["status"] == "finished" for r in report["runs"])
+    # each run is named by its arm (the seed only where the arm has several), on the screen too
+    assert sorted(r["label"] for r in report["runs"]) == sorted([
+        "lora r=4 seed 0", "lora r=4 seed 1", "lora r=4 + replay 1% seed 0",
+        "lora r=4 + replay 1% seed 1", "lora r=4 + replay 5%", "lora r=4 + replay 25%",
+        "lora r=4 + KL 0.5 on task", "lora r=4 + KL 2 on task", "full"])  # fmt: skip
+    assert "lora r=4 + KL 2 on task " in screen
+    # the checks that apply: no law in P and N from two P (not measurable), the replay law
+    checks = {c["name"].split(" with")[0].split(",")[0]: c for c in report["checks"]}
+    pn = checks["a law for L_f in P and N"]
+    assert pn["passed"] is None and "2 distinct P" in pn["detail"]
+    replay = checks["a law of L_f in the replay fraction p"]
+    law_ok = report["replay_law"]["identified"] and all(
+        h["ratio"] <= 2 for h in report["replay_law"]["held_out"]
+    )
+    assert replay["passed"] == bool(law_ok) and "held-out strength" in replay["detail"]
+    assert "[n/a    ] a law for L_f in P and N" in screen
     f = report["frontier"]
     assert f["plain"] == "lora r=4"
     assert {r["arm"] for r in f["rows"]} == {

@@ -173,7 +173,19 @@ def analyse(
         config=config.to_dict(),
         runs=runs,
         warnings=warnings,
-        checks=checks(laws, noise, config.min_step),
+        checks=checks(
+            laws,
+            noise,
+            config.min_step,
+            replay=replay,
+            distinct_params=len(
+                {
+                    r["params_trained"]
+                    for r in runs
+                    if r["status"] == "finished" and r["params_trained"]
+                }
+            ),
+        ),  # fmt: skip
         laws=laws,
         ranking=ranking,
         best=best,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from forgetscale.study.markup import esc
+from forgetscale.study.runs import mitigation_label
 
 
 def arm_of(run: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -42,10 +43,7 @@ def arm_of(run: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     lam = float(cfg.get("kl_weight") or 0.0)
     kl_data = cfg.get("kl_data") or "task"
     label = f"{method} r={rank}" if method == "lora" and rank is not None else str(method)
-    if p > 0:
-        label += f" + replay {100 * p:g}%"
-    if lam > 0:
-        label += f" + KL {lam:g} on {kl_data}"
+    label += mitigation_label(cfg)
     desc = {"method": method, "rank": rank, "replay_fraction": p, "kl_weight": lam,
             "kl_data": kl_data if lam > 0 else None, "plain": p == 0 and lam == 0}  # fmt: skip
     return label, desc

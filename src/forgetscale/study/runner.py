@@ -67,8 +67,9 @@ def summary(report: dict[str, Any], measurements: Any) -> str:
         return "-" if x is None else format(x, spec)
 
     step0 = {row["run_id"]: row for row in report["noise_floor"].get("step0", [])}
+    w = max([8, *(len(str(run["label"])) for run in report["runs"])])
     lines = [
-        f"{'run':<8} {'seed':>4} {'P':>11} {'steps':>5}  {'L_ft@0':>7} {'L_ft':>7}  "
+        f"{'run':<{w}} {'seed':>4} {'P':>11} {'steps':>5}  {'L_ft@0':>7} {'L_ft':>7}  "
         f"{'L_f@0':>7} {'L_f':>7}  {'KL':>7}  status"
     ]
     for run in report["runs"]:
@@ -76,7 +77,7 @@ def summary(report: dict[str, Any], measurements: Any) -> str:
         last = rows.iloc[-1].to_dict() if len(rows) else {}
         base = step0.get(run["run_id"], {})
         lines.append(
-            f"{run['label']:<8} {run['seed']:>4} {run['params_trained']:>11,} "
+            f"{run['label']:<{w}} {f(run['seed'], 'd'):>4} {f(run['params_trained'], ','):>11} "
             f"{f(run['last_step'], 'd'):>5}  {f(base.get('finetune_loss')):>7} "
             f"{f(last.get('finetune_loss')):>7}  {f(base.get('forgetting_loss')):>7} "
             f"{f(last.get('forgetting_loss')):>7}  {f(last.get('kl')):>7}  {run['status']}"
@@ -84,7 +85,7 @@ def summary(report: dict[str, Any], measurements: Any) -> str:
     lines.append("")
     lines.append("checks:")
     for check in report["checks"]:
-        mark = "met    " if check["passed"] else "NOT MET"
+        mark = {True: "met    ", False: "NOT MET", None: "n/a    "}[check["passed"]]
         lines.append(f"  [{mark}] {check['name']}: {check['detail']}")
     if report["warnings"]:
         lines.append(f"warnings: {len(report['warnings'])} (listed at the top of the report)")

@@ -19,6 +19,10 @@ from forgetscale.errors import UserError
 from forgetscale.store import DOWNSTREAM_EXPORT_COLUMNS, RunRecord, open_store
 from forgetscale.study.numbers import num
 
+#: Methods whose name is label enough for a run that is not LoRA (a sweep names its runs by
+#: every axis, e.g. "method=full replay_fraction=0 ...", which says less).
+METHODS_BY_NAME = frozenset({"full", "ia3", "top-layers"})
+
 
 def read_runs(
     store: str | Path, run_ids: Sequence[str] | None = None
@@ -107,12 +111,27 @@ def _downstream(
     return {"rows": [{**row, "label": labels[row["run_id"]]} for row in rows], "per_lf": per_lf}
 
 
+def mitigation_label(config: dict[str, Any]) -> str:
+    """`` + replay 1%``, `` + KL 0.5 on task`` (both, or nothing for a plain run): the part of
+    a run's label that names its mitigation (the study's tables, figures and frontier)."""
+    p = float(config.get("replay_fraction") or 0.0)
+    lam = float(config.get("kl_weight") or 0.0)
+    label = f" + replay {100 * p:g}%" if p > 0 else ""
+    if lam > 0:
+        label += f" + KL {lam:g} on {config.get('kl_data') or 'task'}"
+    return label
+
+
+def _arm_key(rec: RunRecord) -> tuple[Any, ...]:
+    cfg = rec.config or {}
+    return (rec.method, rec.rank, rec.params_trained, mitigation_label(cfg))
+
+
 def _run_entries(records: list[RunRecord], meas: pd.DataFrame) -> list[dict[str, Any]]:
-    by_rank: dict[Any, int] = {}
+    per_arm: dict[Any, int] = {}
     for rec in records:
-        by_rank[(rec.method, rec.rank, rec.params_trained)] = (
-            by_rank.get((rec.method, rec.rank, rec.params_trained), 0) + 1
-        )
+        per_arm[_arm_key(rec)] = per_arm.get(_arm_key(rec), 0) + 1
+    methods = {rec.method for rec in records}
     out = []
     for rec in records:
         cfg = rec.config or {}
@@ -122,12 +141,13 @@ def _run_entries(records: list[RunRecord], meas: pd.DataFrame) -> list[dict[str,
             wall = float(rec.ended - rec.started)
         seed = cfg.get("seed")
         if rec.rank is not None and rec.method == "lora":
-            label = f"r={rec.rank}"
-        elif rec.name:
+            label = f"r={rec.rank}" if methods == {"lora"} else f"lora r={rec.rank}"
+        elif rec.name and rec.method not in METHODS_BY_NAME:
             label = str(rec.name)
         else:
-            label = f"{rec.method} {rec.id[:8]}"
-        if by_rank[(rec.method, rec.rank, rec.params_trained)] > 1 and seed is not None:
+            label = str(rec.method)
+        label += mitigation_label(cfg)
+        if per_arm[_arm_key(rec)] > 1 and seed is not None:
             label += f" seed {seed}"
         steps = sorted(int(s) for s in m["step"].tolist())
         out.append(
