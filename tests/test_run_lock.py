@@ -65,3 +65,31 @@ def test_the_worker_refuses_a_run_that_train_is_training_into_the_sweeps_store(s
     assert status["status"] == "failed"
     assert "being trained by another process" in status["message"]
     assert not (run.run_dir / worker.STORE).exists()  # it never started
+
+
+def test_a_lock_on_a_file_released_and_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """The release race: another holder releases (removes the file) and a third process
+    creates it again between our open and our flock. The lock we end up with must be on
+    the file at the path, so the next taker is refused."""
+    import fcntl
+    import os
+
+    path = tmp_path / ".results.db.run.lock"
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_a_release(fh, flags):
+        if not calls:  # the first file we opened is removed and a new one made at the path
+            path.unlink()
+            path.write_text("")
+        calls.append(os.fstat(fh.fileno()).st_ino)
+        return real_flock(fh, flags)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_release)
+    lock = RunLock(path, "run")
+    assert len(calls) == 2 and calls[0] != calls[1]  # locked the removed file, then the new one
+    assert os.fstat(lock.fh.fileno()).st_ino == os.stat(path).st_ino
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with pytest.raises(UserError, match="being trained by another process"):
+        RunLock(path, "run")
+    lock.release()
+    RunLock(path, "run").release()  # free again once released

@@ -25,7 +25,10 @@ class RunLock:
     """An exclusive lock on a run, so that two processes never train the same run at once.
 
     ``fcntl.flock`` locks are dropped by the OS when the holder dies (even by SIGKILL),
-    so a killed run never leaves a stale lock behind.
+    so a killed run never leaves a stale lock behind. A holder removes the file as it
+    releases; a process that opened the file just before that removal would lock a file no
+    longer at ``path`` while a third one locks the new file there, so the lock counts only
+    once the locked file is still the one at ``path`` (else it is taken again).
     """
 
     def __init__(self, path: Path, run_id: str):
@@ -36,18 +39,32 @@ class RunLock:
         except ImportError:  # pragma: no cover - not POSIX: no lock
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = path.open("a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.close()
-            self.fh = None
-            raise UserError(
-                f"run {run_id} is being trained by another process right now ({path} is locked)"
-            ) from None
+        for _ in range(100):
+            fh = path.open("a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise UserError(
+                    f"run {run_id} is being trained by another process right now ({path} is locked)"
+                ) from None
+            if _same_inode(fh, path):
+                self.fh = fh
+                return
+            fh.close()  # the file was released and removed under us: lock the one there now
+        raise UserError(f"cannot take the lock {path}: it keeps being replaced")
 
     def release(self) -> None:
         if self.fh is not None:
             self.path.unlink(missing_ok=True)
             self.fh.close()
             self.fh = None
+
+
+def _same_inode(fh, path: Path) -> bool:
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fh.fileno())
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
