@@ -262,7 +262,7 @@ def test_verify_runs_the_planned_configuration_and_checks_it(real_pilot, capsys,
     rc, out, err = _plan(capsys, *args, "--verify", str(planned))
     assert rc == 0 and "already finished" in err
     assert f"verify: planned run {run.id}" in out and "the pilot took" in out
-    assert ("inside" in out or "OUTSIDE" in out)
+    assert "inside" in out or "OUTSIDE" in out
 
 
 def pilot_config(store):
@@ -295,3 +295,13 @@ def test_verify_refuses_a_bad_store_before_any_work(real_pilot, where, needle, c
     if where == "text":
         assert target.read_text() == "my notes\n"
     assert not (tmp_path / "planned.db").exists()
+
+
+def test_a_check_folder_without_a_store_names_check_not_from(pilot, capsys, tmp_path):
+    from helpers import one_line_error
+
+    _, fits = pilot
+    line = one_line_error(capsys, ["plan", "--fit", *fits, "--budget", "forgetting_loss<=2.4",
+                                   "--params", "1e6", "--steps", "50", "--check", str(tmp_path)],
+                          "a folder, but no study results store", command="plan")  # fmt: skip
+    assert line.startswith(f"forgetscale plan: error: --check {tmp_path}:"), line

@@ -123,14 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _store_of(source: str) -> Path:
+def _store_of(source: str, flag: str = "--from") -> Path:
     from forgetscale.errors import UserError
 
     p = Path(source)
     if p.is_dir():
         db = p / "results.db"
         if not db.is_file():
-            raise UserError(f"--from {source}: a folder, but no study results store (results.db)")
+            raise UserError(f"{flag} {source}: a folder, but no study results store (results.db)")
         return db
     return p
 
@@ -234,7 +234,10 @@ def _run(args: argparse.Namespace) -> int:
             result["notes"].append("nothing to check: no candidate was chosen")
         else:
             result["check"] = check_plan(
-                laws, result["choice"], read_table(_store_of(args.check)), coverage=args.coverage
+                laws,
+                result["choice"],
+                read_table(_store_of(args.check, "--check")),
+                coverage=args.coverage,
             )
     if args.verify is not None:
         if result["choice"] is None:
