@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -214,9 +215,45 @@ class ResultsStore:
                 )
                 self.conn.commit()
         except sqlite3.OperationalError as exc:
+            if not create and self._open_read_only_copy():
+                return
             raise _store_error(self.path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{path} is not a SQLite results store ({exc})") from None
+
+    _copy_dir: str | None = None
+
+    def _open_read_only_copy(self) -> bool:
+        """A store in WAL mode whose folder cannot be written (SQLite cannot make the -shm
+        file it needs to read one): read a private copy of the store and its -wal, with
+        writes refused. False where that is not the case."""
+        import shutil
+        import tempfile
+
+        wal = Path(f"{self.path}-wal")
+        if not wal.is_file() or os.access(self.path.parent, os.W_OK | os.X_OK):
+            return False
+        try:
+            self.conn.close()
+        except Exception:  # pragma: no cover - the failed connection may not be open
+            pass
+        self._copy_dir = tempfile.mkdtemp(prefix="forgetscale-store-")
+        copy = Path(self._copy_dir) / self.path.name
+        try:
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+            self.conn = sqlite3.connect(str(copy), timeout=LOCK_WAIT_S)
+            tables = {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            self.conn.execute("PRAGMA query_only = ON")
+        except (OSError, sqlite3.Error):
+            self.close()
+            return False
+        if not {"runs", "measurements"} <= tables:
+            self.close()
+            raise UserError(f"{self.path} is not a forgetscale results store")
+        return True
 
     def _missing_columns(self) -> list[str]:
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
@@ -225,6 +262,11 @@ class ResultsStore:
     # -- context manager ---------------------------------------------------------------
     def close(self) -> None:
         self.conn.close()
+        if self._copy_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
+            self._copy_dir = None
 
     def __enter__(self) -> ResultsStore:
         return self
