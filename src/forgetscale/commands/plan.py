@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and report it against its interval as --check does",
     )
     parser.add_argument(
-        "--no-progress", dest="progress", action="store_false",
+        "--no-progress", action="store_true",
         help="no progress bar for the --verify run",
     )  # fmt: skip
     parser.add_argument(
@@ -248,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
             assert store is not None
             result["check"] = verify_plan(
                 laws, result["choice"], store, args.verify, coverage=args.coverage,
-                candidates=result["candidates"], progress=args.progress,
+                candidates=result["candidates"], progress=not args.no_progress,
             )  # fmt: skip
     snippet = None
     if args.emit and result["choice"] is not None:
