@@ -186,6 +186,10 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
+        if not create and self.path.is_dir():
+            from forgetscale.laws.table import folder_not_a_store
+
+            raise UserError(folder_not_a_store(self.path))
         if not create and not self.path.is_file():
             raise UserError(f"results store not found: {path}")
         if create:
