@@ -305,3 +305,17 @@ def test_a_check_folder_without_a_store_names_check_not_from(pilot, capsys, tmp_
                                    "--params", "1e6", "--steps", "50", "--check", str(tmp_path)],
                           "a folder, but no study results store", command="plan")  # fmt: skip
     assert line.startswith(f"forgetscale plan: error: --check {tmp_path}:"), line
+
+
+@pytest.mark.parametrize("flag", [["--emit", "forgetscale"], ["--verify", "planned.db"]])
+def test_emit_and_verify_refuse_fractional_steps(pilot, flag, capsys, tmp_path, monkeypatch):
+    """`--steps 50.5 --emit forgetscale` planned N = 50.5 but emitted max_steps: 51; the run
+    it names is not the one planned: refused in one line, nothing written."""
+    from helpers import one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    store, _ = pilot
+    one_line_error(capsys, ["plan", "--from", str(store), "--budget", "forgetting_loss<=2.4",
+                            "--ranks", "2", "--steps", "50", "50.5", *flag],
+                   "--steps 50.5 is not a whole number", command="plan")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

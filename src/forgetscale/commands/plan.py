@@ -178,6 +178,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--law fits a law to --from; with --fit the laws are the saved fits")
     if args.emit and args.ranks is None:
         raise UserError("--emit needs --ranks (a P alone names no LoRA configuration)")
+    for flag, given in (("--emit", args.emit), ("--verify", args.verify)):
+        fractional = [f"{n:g}" for n in steps if given and not float(n).is_integer()]
+        if fractional:
+            raise UserError(
+                f"{flag} trains whole updates: --steps {' '.join(fractional)} is not a whole "
+                "number of steps (the run would take a different N than the one planned)"
+            )
     if args.verify is not None:
         if args.check is not None:
             raise UserError("--verify runs the planned run and checks it; --check is for one run")
