@@ -78,6 +78,8 @@ def test_the_plan_picks_the_true_optimum_and_never_breaks_the_budget(pilot, caps
         ("forgetting_loss<=abc", "'abc' is not a number"),
         ("forgetting_loss<=nan", "must be finite"),
         ("forgetting_loss<=-1", "an absolute limit must be > 0"),
+        ("disagreement<=5", "disagreement is a share of tokens in [0, 1]"),
+        ("disagreement<=+1", "disagreement is a share of tokens in [0, 1]"),
         ("finetune_loss<=2", "it is what plan minimises"),
         ("accuracy<=0.1", "unknown target 'accuracy'"),
     ],
