@@ -209,7 +209,8 @@ class ResultsStore:
                 check_columns(self.conn, self.path, tables, _SCHEMA, LATER_COLUMNS)
             if create:
                 self.conn.execute("PRAGMA journal_mode = WAL")
-                self.conn.executescript(_SCHEMA)
+                # in one transaction: a reader never sees a store with only some tables
+                self.conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
                 for name in self._missing_columns():
                     sql = next(c.sql for c in MEASUREMENT_COLUMNS if c.name == name)
                     self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {sql}")
