@@ -68,3 +68,23 @@ def test_runs_and_export_take_store_as_train_spells_it(tmp_path, capsys):
         by_from = capsys.readouterr().out
         assert main([command, "--store", str(db)]) == 0
         assert capsys.readouterr().out == by_from and "run-a" in by_from
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compare", "--from", "r.db"],
+        ["export", "--from", "r.db"],
+        ["runs", "--from", "r.db"],
+        ["fit", "--from", "r.db", "--law", "additive"],
+        ["predict", "--law", "additive"],
+        ["plan", "--budget", "kl<=1", "--ranks", "2", "--steps", "5"],
+    ],
+)
+def test_an_unknown_flag_is_the_commands_own_one_line_error(argv, capsys):
+    """`forgetscale compare --bootstrap 5` (a flag another command has): the line names the
+    command, as every other refusal of it does, not the bare program."""
+    from helpers import one_line_error
+
+    one_line_error(capsys, [*argv, "--no-such-flag", "5"], "unrecognized arguments: --no-such",
+                   command=argv[0])  # fmt: skip

@@ -12,6 +12,7 @@ import time
 
 from helpers import one_line_error
 
+from forgetscale.errors import UserError
 from forgetscale.store import open_store
 
 
@@ -73,8 +74,11 @@ def test_a_sigtermed_train_is_marked_interrupted_not_running(workdir):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the run is recorded as running
             if (workdir / "results.db").exists():
-                with open_store(workdir / "results.db", create=False) as store:
-                    runs = store.list_runs()
+                try:
+                    with open_store(workdir / "results.db", create=False) as store:
+                        runs = store.list_runs()
+                except UserError:  # the run is still creating the store's tables
+                    runs = []
                 if runs and runs[0].status == "running" and runs[0].n_measurements:
                     break
             time.sleep(0.2)

@@ -78,6 +78,8 @@ def test_the_plan_picks_the_true_optimum_and_never_breaks_the_budget(pilot, caps
         ("forgetting_loss<=abc", "'abc' is not a number"),
         ("forgetting_loss<=nan", "must be finite"),
         ("forgetting_loss<=-1", "an absolute limit must be > 0"),
+        ("disagreement<=5", "disagreement is a share of tokens in [0, 1]"),
+        ("disagreement<=+1", "disagreement is a share of tokens in [0, 1]"),
         ("finetune_loss<=2", "it is what plan minimises"),
         ("accuracy<=0.1", "unknown target 'accuracy'"),
     ],
@@ -295,3 +297,27 @@ def test_verify_refuses_a_bad_store_before_any_work(real_pilot, where, needle, c
     if where == "text":
         assert target.read_text() == "my notes\n"
     assert not (tmp_path / "planned.db").exists()
+
+
+def test_a_check_folder_without_a_store_names_check_not_from(pilot, capsys, tmp_path):
+    from helpers import one_line_error
+
+    _, fits = pilot
+    line = one_line_error(capsys, ["plan", "--fit", *fits, "--budget", "forgetting_loss<=2.4",
+                                   "--params", "1e6", "--steps", "50", "--check", str(tmp_path)],
+                          "a folder, but no study results store", command="plan")  # fmt: skip
+    assert line.startswith(f"forgetscale plan: error: --check {tmp_path}:"), line
+
+
+@pytest.mark.parametrize("flag", [["--emit", "forgetscale"], ["--verify", "planned.db"]])
+def test_emit_and_verify_refuse_fractional_steps(pilot, flag, capsys, tmp_path, monkeypatch):
+    """`--steps 50.5 --emit forgetscale` planned N = 50.5 but emitted max_steps: 51; the run
+    it names is not the one planned: refused in one line, nothing written."""
+    from helpers import one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    store, _ = pilot
+    one_line_error(capsys, ["plan", "--from", str(store), "--budget", "forgetting_loss<=2.4",
+                            "--ranks", "2", "--steps", "50", "50.5", *flag],
+                   "--steps 50.5 is not a whole number", command="plan")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

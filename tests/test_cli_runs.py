@@ -39,3 +39,21 @@ def test_runs_status_must_be_a_known_one(tmp_path, capsys, status):
     store = make_store(tmp_path / "results.db")
     argparse_error(capsys, ["runs", "--from", str(store), "--status", status],
                    "argument --status: invalid choice")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["runs"], ["export"], ["fit", "--law", "additive"], ["compare"]],
+)
+def test_a_study_folder_given_for_a_store_says_where_the_store_is(argv, tmp_path, capsys):
+    """`--from study-out/` (what plan takes): one line saying it is a folder and naming its
+    results.db, not 'results store not found' or 'unknown table format'."""
+    from helpers import one_line_error
+
+    from forgetscale.store import open_store
+
+    with open_store(tmp_path / "results.db"):
+        pass
+    line = one_line_error(capsys, [*argv, "--from", str(tmp_path)], "is a folder",
+                          command=argv[0])  # fmt: skip
+    assert f"its results store is {tmp_path / 'results.db'}" in line

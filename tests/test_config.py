@@ -217,6 +217,11 @@ def test_errors_name_the_file_or_the_command_line(tmp_path, monkeypatch):
         load_config(p)
     with pytest.raises(UserError, match=r"command line: rank must be an integer"):
         load_config(_write(tmp_path), ["--rank=x"])
+    # a value in range for its type but not for the key, given on the command line
+    with pytest.raises(UserError, match=r"^command line: replay_fraction must be at least 0"):
+        load_config(_write(tmp_path), ["--replay_fraction=-0.1"])
+    with pytest.raises(UserError, match=r"^command line: replay_fraction=0.5 needs replay_data"):
+        load_config(_write(tmp_path), ["--replay_fraction=0.5"])
 
 
 def test_a_binary_config_file_is_one_line(tmp_path):

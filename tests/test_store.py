@@ -133,3 +133,53 @@ def test_downstream_rows_are_written_once_and_read_back(tmp_path):
         assert store.downstream_steps("r1") == {0}
         store.delete_run("r1")
         assert store.downstream().empty
+
+
+def test_a_wal_store_in_a_read_only_folder_is_read_by_runs_export_fit_and_compare(tmp_path, capsys):
+    """A store whose last writes are still in its -wal file (a process ended without the
+    checkpoint), in a folder nobody can write to: SQLite cannot make the -shm it needs to
+    read it, so the readers read a private copy, the -wal's rows included; nothing is
+    written beside the store."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from filesystems import tmpfs
+    from study_data import make_store
+
+    from forgetscale.cli import main
+
+    folder = tmp_path / "ro"
+    with tmpfs(folder, size="4m"):
+        db = folder / "results.db"
+        make_store(db, ranks=(1, 2, 4, 8), seeds={1: 2, 4: 2})
+        code = (
+            "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('PRAGMA wal_autocheckpoint = 0'); "
+            "c.execute(\"UPDATE runs SET name = 'only in the wal'\"); c.commit(); os._exit(0)"
+        )
+        subprocess.run([sys.executable, "-c", code, str(db)], check=True)
+        Path(f"{db}-shm").unlink(missing_ok=True)
+        assert Path(f"{db}-wal").stat().st_size > 0
+        if os.geteuid() == 0:
+            proc = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot remount read-only: {proc.stderr.decode().strip()}")
+        else:
+            folder.chmod(0o555)
+        before = sorted(p.name for p in folder.iterdir())
+        try:
+            assert main(["runs", "--from", str(db)]) == 0
+            assert "only in the wal" in capsys.readouterr().out
+            assert main(["export", "--from", str(db)]) == 0
+            capsys.readouterr()
+            for cmd in (["fit", "--law", "multiplicative"], ["compare"]):
+                rc = main([*cmd, "--from", str(db), "--target", "forgetting_loss"])
+                assert rc == 0, capsys.readouterr().err
+            with open_store(db, create=False) as st:
+                assert {r.name for r in st.list_runs()} == {"only in the wal"}
+            assert sorted(p.name for p in folder.iterdir()) == before
+        finally:
+            if os.geteuid() != 0:
+                folder.chmod(0o755)

@@ -73,3 +73,32 @@ def test_a_locked_store_can_still_be_read(locked_store, short_wait):
     """WAL: readers (runs, export, fit) are not blocked by a writer's lock."""
     with open_store(locked_store, create=False) as s:
         assert [r.id for r in s.list_runs()] == ["run-a"]
+
+
+def test_a_reader_never_sees_a_store_with_only_some_tables(tmp_path, monkeypatch):
+    """The tables are made in one transaction: a store another process is creating is either
+    not yet a store or a whole one, never 'not a forgetscale results store (it holds the
+    tables meta)'. A second connection looks while the schema is half made."""
+    import sqlite3
+
+    from forgetscale.store import open_store
+
+    db = tmp_path / "r.db"
+    seen: list[set[str]] = []
+    real_connect = sqlite3.connect
+
+    def look(statement: str) -> None:
+        if "CREATE TABLE IF NOT EXISTS runs" in statement:
+            with real_connect(db) as other:
+                rows = other.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                seen.append({r[0] for r in rows})
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(look)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with open_store(db):
+        pass
+    assert seen == [set()]

@@ -130,6 +130,14 @@ def test_a_missing_study_file_names_the_built_in_studies(workdir, capsys):
     assert "built-in study: default, quick, mitigation" in capsys.readouterr().err
 
 
+def test_a_folder_given_as_the_study_file_is_called_a_folder(tmp_path, capsys):
+    from helpers import one_line_error
+
+    one_line_error(capsys, ["study", str(tmp_path), "--dry-run"], "is a folder; give the study",
+                   command="study")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_built_in_studies_are_valid(workdir, capsys):
     for name in ("default", "quick", "mitigation"):
         assert main(["study", name, "--dry-run", "--out", "x"]) == 0

@@ -63,6 +63,21 @@ def test_minimal_file_expands_to_the_runs_train_would_make(sweepdir):
         assert run.config.progress is False and run.config.name == run.label
 
 
+def test_a_zip_may_set_replay_data_beside_replay_fraction(sweepdir, capsys):
+    """replay_fraction > 0 needs replay_data: a zip that gives both, run by run, is valid
+    (each value is checked with the other values of its run, not alone); a zip that pairs a
+    fraction with no replay data is still refused, naming its place."""
+    base = yaml.safe_load(MINIMAL)
+    zipped = {"replay_data": [None, "pydoc-replay"], "replay_fraction": [0.0, 0.25]}
+    _write(sweepdir / "s.yaml", {"base": base, "zip": zipped})
+    sweep = load_sweep("s.yaml")
+    assert [r.config.replay_fraction for r in sweep.runs] == [0.0, 0.25]
+    assert [r.config.replay_data for r in sweep.runs] == [None, "pydoc-replay"]
+    _write(sweepdir / "bad.yaml", {"base": base, "zip": {**zipped, "replay_fraction": [0.25, 0]}})
+    with pytest.raises(UserError, match="needs replay_data"):
+        load_sweep("bad.yaml")
+
+
 def test_zip_overrides_and_inline_base(sweepdir):
     base = yaml.safe_load(MINIMAL)
     _write(

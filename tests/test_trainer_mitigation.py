@@ -114,6 +114,50 @@ def test_bad_mixture_and_penalty_values_are_refused(parts):
             KLToBase(ref, weight)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fraction": "0.1"}, "replay fraction must be a number"),
+        ({"fraction": None}, "replay fraction must be a number"),
+        ({"update_size": 2.5}, "update_size must be a whole number"),
+        ({"update_size": None}, "update_size must be a whole number"),
+        ({"update_size": float("nan")}, "update_size must be a whole number"),
+        ({"seed": -1}, "seed must be in 0.."),
+        ({"seed": "x"}, "seed must be a whole number"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"steps": "3"}, "steps must be a whole number"),
+        ({"task": None}, "task must be a list of examples"),
+        ({"replay": None}, "replay must be token blocks"),
+        ({"replay": [[1, 2], [3]]}, "replay must be token blocks"),
+        ({"replay": "float"}, "replay must hold token ids"),
+    ],
+)
+def test_wrong_argument_types_are_clear_errors(parts, kwargs, match):
+    _, examples, replay, ref = parts
+    args = {"task": examples, "replay": replay, "fraction": 0.25, "update_size": 4, **kwargs}
+    if args["replay"] == "float":
+        args["replay"] = replay.float()
+    with pytest.raises(UserError, match=match):
+        ReplayMixture(args.pop("task"), args.pop("replay"), **args)
+
+
+def test_wrong_penalty_and_trainer_arguments_are_clear_errors(parts):
+    from transformers import Trainer
+
+    from forgetscale.trainer_mitigation import with_kl_to_base
+
+    *_, ref = parts
+    for weight in ("0.1", None):
+        with pytest.raises(UserError, match="KL weight must be a number"):
+            KLToBase(ref, weight)
+    with pytest.raises(UserError, match="reference must be a ReferenceCache or the path"):
+        KLToBase(None, 0.1)
+    with pytest.raises(UserError, match="takes a Trainer class"):
+        with_kl_to_base(None)
+    with pytest.raises(UserError, match="kl_penalty must be a KLToBase"):
+        with_kl_to_base(Trainer)(model=torch.nn.Linear(2, 2), kl_penalty=0.1)
+
+
 def test_the_kl_term_equals_an_independent_float64_computation(parts, tiny_model_dir):
     tok, examples, replay, ref = parts
     base, model = tiny_causal_lm(tiny_model_dir), tiny_causal_lm(tiny_model_dir)

@@ -287,6 +287,23 @@ def test_bad_mitigation_values_are_one_line_exit_2(workdir, replay_jsonl, capsys
     _assert_nothing_done(workdir, before)
 
 
+def test_a_refused_run_leaves_no_store_and_no_folder_behind(workdir, capsys):
+    """A run refused before it starts (a missing replay corpus) writes nothing: not the
+    store it would have created, nor the folders made for it; a store that was there stays."""
+    store = workdir / "new" / "deeper" / "results.db"
+    args = ["--replay_data=missing.jsonl", "--replay_fraction=0.1"]
+    assert main(["train", "run.yaml", *args, f"--store={store}"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (workdir / "new").exists()
+    kept = workdir / "kept.db"
+    from forgetscale.store import open_store
+
+    with open_store(kept):
+        pass
+    assert main(["train", "run.yaml", *args, f"--store={kept}"]) == 2
+    assert kept.is_file()
+
+
 # ------------------------------------------------------------------------------------------
 # resume after SIGKILL
 

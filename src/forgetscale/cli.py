@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show library logs and full tracebacks"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.command_parsers = {}  # type: ignore[attr-defined]
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"forgetscale.commands.{module_name}")
         p = sub.add_parser(
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+        parser.command_parsers[module.NAME] = p  # type: ignore[attr-defined]
     return parser
 
 
@@ -100,7 +102,11 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage error: `forgetscale COMMAND: error: ...`
+        parser.command_parsers[args.command].error(  # type: ignore[attr-defined]
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     args._argv = list(sys.argv[1:] if argv is None else argv)  # for a report to say how it ran
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

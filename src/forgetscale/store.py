@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -185,6 +186,10 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
+        if not create and self.path.is_dir():
+            from forgetscale.laws.table import folder_not_a_store
+
+            raise UserError(folder_not_a_store(self.path))
         if not create and not self.path.is_file():
             raise UserError(f"results store not found: {path}")
         if create:
@@ -204,7 +209,8 @@ class ResultsStore:
                 check_columns(self.conn, self.path, tables, _SCHEMA, LATER_COLUMNS)
             if create:
                 self.conn.execute("PRAGMA journal_mode = WAL")
-                self.conn.executescript(_SCHEMA)
+                # in one transaction: a reader never sees a store with only some tables
+                self.conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
                 for name in self._missing_columns():
                     sql = next(c.sql for c in MEASUREMENT_COLUMNS if c.name == name)
                     self.conn.execute(f"ALTER TABLE measurements ADD COLUMN {name} {sql}")
@@ -214,9 +220,45 @@ class ResultsStore:
                 )
                 self.conn.commit()
         except sqlite3.OperationalError as exc:
+            if not create and self._open_read_only_copy():
+                return
             raise _store_error(self.path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{path} is not a SQLite results store ({exc})") from None
+
+    _copy_dir: str | None = None
+
+    def _open_read_only_copy(self) -> bool:
+        """A store in WAL mode whose folder cannot be written (SQLite cannot make the -shm
+        file it needs to read one): read a private copy of the store and its -wal, with
+        writes refused. False where that is not the case."""
+        import shutil
+        import tempfile
+
+        wal = Path(f"{self.path}-wal")
+        if not wal.is_file() or os.access(self.path.parent, os.W_OK | os.X_OK):
+            return False
+        try:
+            self.conn.close()
+        except Exception:  # pragma: no cover - the failed connection may not be open
+            pass
+        self._copy_dir = tempfile.mkdtemp(prefix="forgetscale-store-")
+        copy = Path(self._copy_dir) / self.path.name
+        try:
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+            self.conn = sqlite3.connect(str(copy), timeout=LOCK_WAIT_S)
+            tables = {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            self.conn.execute("PRAGMA query_only = ON")
+        except (OSError, sqlite3.Error):
+            self.close()
+            return False
+        if not {"runs", "measurements"} <= tables:
+            self.close()
+            raise UserError(f"{self.path} is not a forgetscale results store")
+        return True
 
     def _missing_columns(self) -> list[str]:
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
@@ -225,6 +267,11 @@ class ResultsStore:
     # -- context manager ---------------------------------------------------------------
     def close(self) -> None:
         self.conn.close()
+        if self._copy_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
+            self._copy_dir = None
 
     def __enter__(self) -> ResultsStore:
         return self

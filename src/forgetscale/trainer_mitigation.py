@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,6 +55,30 @@ def update_size(args: Any) -> int:
     """Examples per optimizer update of Trainer arguments ``args``."""
     world = int(getattr(args, "world_size", 1) or 1)
     return int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world
+
+
+def _number(value: Any, name: str) -> float:
+    """``value`` as a float; a bool, a string or None is refused in one line."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _whole(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int >= ``minimum`` (and <= ``maximum``); a float with a fraction, a
+    bool, a string or None is refused in one line."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not (isinstance(value, numbers.Real) and float(value).is_integer()):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise UserError(f"{name} must be {bound}, got {value}")
+    return value
 
 
 def _as_list(value: Any) -> Any:
@@ -87,20 +112,38 @@ class ReplayMixture(torch.utils.data.IterableDataset):
     ):
         from forgetscale.training.mixing import ReplayMixer
 
-        fraction = float(fraction)
+        fraction = _number(fraction, "replay fraction")
         if not 0 <= fraction < 1:  # NaN fails too
             raise UserError(f"replay fraction must be in [0, 1), got {fraction}")
-        if update_size < 1:
-            raise UserError(f"update_size must be at least 1, got {update_size}")
+        update_size = _whole(update_size, "update_size", 1)
+        seed = _whole(seed, "seed", 0, 2**63 - 1)
+        if steps is not None:
+            steps = _whole(steps, "steps", 0)
+        if (
+            not hasattr(task, "__len__")
+            or not hasattr(task, "__getitem__")
+            or isinstance(task, (str, bytes, dict))
+        ):
+            raise UserError(
+                f"task must be a list of examples or a datasets.Dataset, got {type(task).__name__}"
+            )
         if len(task) == 0:
             raise UserError("the task data set is empty")
-        replay = torch.as_tensor(replay)
+        if replay is None and fraction == 0:
+            replay = torch.zeros((0, 1), dtype=torch.int64)
+        try:
+            replay = torch.as_tensor(replay)
+        except (TypeError, ValueError, RuntimeError):
+            raise UserError(
+                f"replay must be token blocks [n, T] (a tensor or equal-length lists of token "
+                f"ids), got {type(replay).__name__}"
+            ) from None
         if fraction > 0 and (replay.ndim != 2 or replay.shape[0] == 0):
             raise UserError(
                 f"replay must be token blocks [n, T] with n >= 1, got {tuple(replay.shape)}"
             )
-        if steps is not None and steps < 0:
-            raise UserError(f"steps must be at least 0, got {steps}")
+        if replay.is_floating_point() or replay.is_complex() or replay.dtype == torch.bool:
+            raise UserError(f"replay must hold token ids (integers), got {replay.dtype}")
         self.task, self.replay, self.fraction = task, replay, fraction
         self.update_size, self.seed, self.steps = int(update_size), int(seed), steps
         self.mixer = ReplayMixer(len(task), max(len(replay), 1), self.update_size, fraction, seed)
@@ -149,10 +192,15 @@ class KLToBase:
     def __init__(self, reference: Any, weight: float):
         from forgetscale.reference import ReferenceCache
 
-        weight = float(weight)
+        weight = _number(weight, "KL weight")
         if not weight >= 0 or weight == float("inf"):
             raise UserError(f"KL weight must be a finite number >= 0, got {weight}")
         if not isinstance(reference, ReferenceCache):
+            if not isinstance(reference, (str, os.PathLike)):
+                raise UserError(
+                    "reference must be a ReferenceCache or the path of its .safetensors file, "
+                    f"got {type(reference).__name__}"
+                )
             reference = ReferenceCache.load(reference)
         self.reference, self.weight = reference, weight
         self.block_size = reference.block_size
@@ -218,6 +266,10 @@ class KLToBaseMixin:
     """Adds ``kl_penalty`` (a :class:`KLToBase`) to a Trainer class's training loss."""
 
     def __init__(self, *args: Any, kl_penalty: KLToBase | None = None, **kwargs: Any):
+        if kl_penalty is not None and not isinstance(kl_penalty, KLToBase):
+            raise UserError(
+                f"kl_penalty must be a KLToBase(reference, weight) or None, got {kl_penalty!r}"
+            )
         super().__init__(*args, **kwargs)
         self.kl_penalty = kl_penalty
         self._kl_update_positions = self._kl_update_seen = 0
@@ -272,6 +324,11 @@ _CLASSES: dict[type, type] = {}
 
 def with_kl_to_base(trainer_class: type) -> type:
     """``trainer_class`` (``Trainer``, ``SFTTrainer``, ...) taking ``kl_penalty=KLToBase(...)``."""
+    if not isinstance(trainer_class, type):
+        raise UserError(
+            f"with_kl_to_base takes a Trainer class (Trainer, SFTTrainer, ...), got "
+            f"{trainer_class!r}"
+        )
     if trainer_class not in _CLASSES:
         _CLASSES[trainer_class] = type(
             f"KLToBase{trainer_class.__name__}", (KLToBaseMixin, trainer_class), {}

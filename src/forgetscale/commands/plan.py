@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and report it against its interval as --check does",
     )
     parser.add_argument(
-        "--no-progress", dest="progress", action="store_false",
+        "--no-progress", action="store_true",
         help="no progress bar for the --verify run",
     )  # fmt: skip
     parser.add_argument(
@@ -123,14 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _store_of(source: str) -> Path:
+def _store_of(source: str, flag: str = "--from") -> Path:
     from forgetscale.errors import UserError
 
     p = Path(source)
     if p.is_dir():
         db = p / "results.db"
         if not db.is_file():
-            raise UserError(f"--from {source}: a folder, but no study results store (results.db)")
+            raise UserError(f"{flag} {source}: a folder, but no study results store (results.db)")
         return db
     return p
 
@@ -178,6 +178,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--law fits a law to --from; with --fit the laws are the saved fits")
     if args.emit and args.ranks is None:
         raise UserError("--emit needs --ranks (a P alone names no LoRA configuration)")
+    for flag, given in (("--emit", args.emit), ("--verify", args.verify)):
+        fractional = [f"{n:g}" for n in steps if given and not float(n).is_integer()]
+        if fractional:
+            raise UserError(
+                f"{flag} trains whole updates: --steps {' '.join(fractional)} is not a whole "
+                "number of steps (the run would take a different N than the one planned)"
+            )
     if args.verify is not None:
         if args.check is not None:
             raise UserError("--verify runs the planned run and checks it; --check is for one run")
@@ -234,7 +241,10 @@ def _run(args: argparse.Namespace) -> int:
             result["notes"].append("nothing to check: no candidate was chosen")
         else:
             result["check"] = check_plan(
-                laws, result["choice"], read_table(_store_of(args.check)), coverage=args.coverage
+                laws,
+                result["choice"],
+                read_table(_store_of(args.check, "--check")),
+                coverage=args.coverage,
             )
     if args.verify is not None:
         if result["choice"] is None:
@@ -245,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
             assert store is not None
             result["check"] = verify_plan(
                 laws, result["choice"], store, args.verify, coverage=args.coverage,
-                candidates=result["candidates"], progress=args.progress,
+                candidates=result["candidates"], progress=not args.no_progress,
             )  # fmt: skip
     snippet = None
     if args.emit and result["choice"] is not None:

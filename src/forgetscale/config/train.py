@@ -488,7 +488,12 @@ def build_config(
     try:
         return TrainConfig(**kwargs)
     except UserError as exc:
-        raise UserError(f"{where}: {exc}" if where != "config" else str(exc)) from None
+        import re
+
+        # a value the command line set is the command line's error, not the file's
+        key = re.match(r"[A-Za-z_]\w*", str(exc))
+        origin = "command line" if key and key.group(0) in overrides else where
+        raise UserError(f"{origin}: {exc}" if origin != "config" else str(exc)) from None
 
 
 def load_config(

@@ -82,6 +82,11 @@ def parse_budget(text: str) -> Budget:
         raise UserError(f"--budget {text!r}: the value must be finite, got {raw}")
     if not relative and value <= 0:
         raise UserError(f"--budget {text!r}: an absolute limit must be > 0, got {value:g}")
+    if target == "disagreement" and (value > 1 if not relative else not -1 < value < 1):
+        raise UserError(
+            f"--budget {text!r}: disagreement is a share of tokens in [0, 1] (a limit of "
+            f"{raw} can never bind); write 0.05 for 5%"
+        )
     return Budget(target, value, relative, text.strip())
 
 

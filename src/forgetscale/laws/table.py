@@ -47,6 +47,13 @@ LARGEST_N_FRACTION = 0.2
 HOLDOUT_SCHEMES: tuple[str, ...] = ("largest-P", "largest-N")
 
 
+def folder_not_a_store(path: Path) -> str:
+    """The one-line refusal of a folder where a results store or table was asked for."""
+    db = path / "results.db"
+    hint = f"; its results store is {db}" if db.is_file() else ""
+    return f"{path} is a folder, not a results store or table{hint}"
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, parquet or SQLite results store into a DataFrame."""
     import pandas as pd
@@ -54,6 +61,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such file: {path}")
+    if path.is_dir():
+        raise UserError(folder_not_a_store(path))
     suffix = path.suffix.lower()
     try:
         if suffix in (".db", ".sqlite", ".sqlite3"):

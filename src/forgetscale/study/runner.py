@@ -51,6 +51,9 @@ def study_file(name_or_path: str | None) -> Path:
     if name_or_path in BUILT_IN:
         return STUDIES_DIR / f"{name_or_path}.yaml"
     path = Path(name_or_path)
+    if path.is_dir():
+        raise UserError(f"{name_or_path} is a folder; give the study file's path (or --out "
+                        "FOLDER for where a study writes)")  # fmt: skip
     if not path.is_file():
         raise UserError(
             f"study file not found: {name_or_path} (or a built-in study: {', '.join(BUILT_IN)})"

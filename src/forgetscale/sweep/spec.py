@@ -182,6 +182,16 @@ def _axes(raw: Any, where: str) -> dict[str, list[Any]]:
     return out
 
 
+def _fine_with_its_run(fixed: dict[str, Any], run: dict[str, Any], cli: Any) -> bool:
+    """Whether a zipped value that fails alone builds with the other values of its run (a
+    key that needs another key the same zip sets)."""
+    try:
+        build_config({**fixed, **run}, overrides=cli)
+    except UserError:
+        return False
+    return True
+
+
 def load_sweep(
     path: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -308,6 +318,10 @@ def load_sweep(
                 try:
                     build_config({**fixed, **anchored({key: value})}, overrides=cli)
                 except UserError as exc:
+                    if gpath.startswith("zip") and _fine_with_its_run(
+                        fixed, anchored({k: v[i] for k, v in axes.items()}), cli
+                    ):
+                        continue  # e.g. replay_fraction beside its zipped replay_data
                     if base_ok or key in str(exc):
                         raise UserError(f"{where}: {at}: {exc}") from None
 

@@ -38,6 +38,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,13 @@ def train(
     config.check_splits()
     check_outputs(config)
     run_id, ck_dir = config.run_id, checkpoint_dir(config)
-    with open_store(config.store) as store:
+    new_store = _new_store_paths(config.store)
+    try:
+        store_cm = open_store(config.store)
+    except BaseException:
+        _remove_if_empty(config.store, new_store)
+        raise
+    with _removed_if_unused(store_cm, config.store, new_store) as store:
         lock = RunLock(lock_path(config), run_id)
         try:
             existing = store.get_run(run_id)
@@ -143,6 +150,49 @@ def train(
             pass
     result.wall_s = time.perf_counter() - t_begin
     return result
+
+
+def _new_store_paths(store: str | os.PathLike[str]) -> list[Path] | None:
+    """The store file and the folders above it that do not exist yet (None: the store does)."""
+    path = Path(store)
+    if path.exists():
+        return None
+    missing = [path]
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    return missing
+
+
+def _remove_if_empty(store: str | os.PathLike[str], created: list[Path] | None) -> None:
+    """Remove a store this call created if no run ever entered it (a run refused before
+    its start leaves nothing behind), and the folders made for it."""
+    if created is None or not Path(store).is_file():
+        return
+    try:
+        with open_store(store, create=False) as st:
+            if st.list_runs():
+                return
+    except UserError:
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    for folder in created[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+@contextmanager
+def _removed_if_unused(store_cm, store, created):
+    try:
+        with store_cm as st:
+            yield st
+    except BaseException:
+        _remove_if_empty(store, created)
+        raise
 
 
 def _stderr(msg: str) -> None:
