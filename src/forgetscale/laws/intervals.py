@@ -15,7 +15,8 @@ with fixed quantiles of Student's t), so a skewed bootstrap stays skewed.
 
 :func:`interval` is the one place every interval is computed: ``forgetscale predict``,
 the study's "what would rank r forget" table and ``forgetscale plan`` all call it,
-and :func:`describe` names the kind of interval they show.
+and :func:`describe` names the kind of interval they show. :func:`draws` gives the
+draws behind it (``plan`` puts L_f's through a downstream metric's relation to L_f).
 :func:`holdout_coverage` measures calibration: the share of held-out points inside the
 nominal 80% and 95% intervals of a fit that never saw them, with the extrapolation
 factor (in P and in N) that held-out test covers.
@@ -101,6 +102,45 @@ def _replicate_spread(
     return sigma, dof, int(groups["P"].nunique())
 
 
+def draws(
+    law: Any,
+    params: Mapping[str, float],
+    X: Mapping[str, np.ndarray],
+    target: str,
+    *,
+    bootstrap: np.ndarray | None = None,
+    noise: Mapping[str, Any] | None = None,
+    kind: str = NEW_RUN,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(value, logs)`` at the points ``X``: the point prediction and the draws of the
+    log target whose central share :func:`interval` reports, shape ``(draws, points)``
+    (each bootstrap refit crossed with fixed quantiles of Student's t for a new run;
+    ``None`` when there is nothing to draw from)."""
+    n = len(next(iter(X.values())))
+    with np.errstate(all="ignore"):
+        value = np.broadcast_to(np.asarray(law.predict(params, X, target), dtype=float), (n,))
+    value = np.asarray(value, dtype=float)
+    logs = None
+    if bootstrap is not None and len(bootstrap):
+        boot = bootstrap[np.all(np.isfinite(bootstrap), axis=1)]
+        if len(boot):
+            theta = {p: boot[:, i : i + 1] for i, p in enumerate(law.param_names)}
+            with np.errstate(all="ignore"):
+                predicted = np.broadcast_to(law.predict(theta, X, target), (len(boot), n))
+            logs = _log(np.asarray(predicted, dtype=float))
+    use_noise = kind == NEW_RUN and noise is not None and np.isfinite(noise.get("sigma", np.nan))
+    if logs is None and not use_noise:
+        return value, None
+    if logs is None:
+        logs = _log(value)[None, :]
+    if use_noise:
+        from scipy.stats import t as student_t
+
+        q = student_t.ppf((np.arange(_N_QUANTILES) + 0.5) / _N_QUANTILES, noise["dof"])
+        logs = (logs[:, None, :] + noise["sigma"] * q[None, :, None]).reshape(-1, n)
+    return value, logs
+
+
 def interval(
     law: Any,
     params: Mapping[str, float],
@@ -116,27 +156,10 @@ def interval(
     run (``kind=NEW_RUN``: bootstrap refits x run noise) or for the mean law
     (``MEAN_LAW``: bootstrap refits only). ``lo``/``hi`` are ``None`` when there is
     nothing to build the interval from."""
-    n = len(next(iter(X.values())))
-    with np.errstate(all="ignore"):
-        value = np.broadcast_to(np.asarray(law.predict(params, X, target), dtype=float), (n,))
-    logs = None
-    if bootstrap is not None and len(bootstrap):
-        boot = bootstrap[np.all(np.isfinite(bootstrap), axis=1)]
-        if len(boot):
-            theta = {p: boot[:, i : i + 1] for i, p in enumerate(law.param_names)}
-            with np.errstate(all="ignore"):
-                draws = np.broadcast_to(law.predict(theta, X, target), (len(boot), n))
-            logs = _log(np.asarray(draws, dtype=float))
-    use_noise = kind == NEW_RUN and noise is not None and np.isfinite(noise.get("sigma", np.nan))
-    if logs is None and not use_noise:
-        return np.asarray(value, dtype=float), None, None
+    value, logs = draws(law, params, X, target, bootstrap=bootstrap, noise=noise, kind=kind)
     if logs is None:
-        logs = _log(np.asarray(value, dtype=float))[None, :]
-    if use_noise:
-        from scipy.stats import t as student_t
-
-        q = student_t.ppf((np.arange(_N_QUANTILES) + 0.5) / _N_QUANTILES, noise["dof"])
-        logs = (logs[:, None, :] + noise["sigma"] * q[None, :, None]).reshape(-1, n)
+        return value, None, None
+    n = len(value)
     with np.errstate(all="ignore"):
         ok = np.isfinite(logs).any(axis=0)
         lo = np.full(n, np.nan)
@@ -144,7 +167,7 @@ def interval(
         if ok.any():
             qs = np.nanpercentile(logs[:, ok], [50 * (1 - level), 50 * (1 + level)], axis=0)
             lo[ok], hi[ok] = np.exp(qs[0]), np.exp(qs[1])
-    return np.asarray(value, dtype=float), lo, hi
+    return value, lo, hi
 
 
 def describe(kind: str, n_boot: int, noise: Mapping[str, Any] | None, level: float = 0.95) -> str:
