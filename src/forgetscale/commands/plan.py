@@ -23,7 +23,13 @@ parameter on a bound or no candidate meets the budgets; it says so.
 
 budgets: TARGET<=VALUE on forgetting_loss, forgetting_loss_soft, kl or disagreement;
 VALUE with a + is relative to the base model (step 0): forgetting_loss<=+0.5 = at most
-0.5 above the base's L_f.
+0.5 above the base's L_f. A downstream metric of the store (its downstream table, e.g.
+the probe's accuracy) is SUITE:METRIC>=VALUE or <=VALUE, a signed VALUE relative to the
+base: probe:acc>=-0.05 = at most 0.05 below the base's accuracy. It is predicted through
+the metric's measured relation to L_f: a straight line in the hard L_f fitted on the
+store's runs (every run's value at a step with its L_f there, the base once), each draw
+of the candidate's L_f interval put through the line refitted on a resample of the runs,
+plus the scatter about the line; a >= budget holds at the lower end of that interval.
 
 --verify STORE runs the chosen configuration (the train config --emit forgetscale
 prints, recorded in STORE) and reports it as --check does: the planned run's L_ft and
@@ -44,6 +50,8 @@ examples:
       --emit forgetscale > planned.yaml
   forgetscale plan --from pilot.db --budget "forgetting_loss<=+0.3" --ranks 4 8 16 \\
       --steps 100 200 --verify planned.db
+  forgetscale plan --from study-out/ --budget "probe:acc>=-0.05" --ranks 8 16 32 \\
+      --steps 100 200
 """
 
 
@@ -66,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="TARGET<=VALUE",
-        help="forgetting limits, absolute or +relative to step 0 (all must hold)",
+        help="forgetting limits, absolute or +relative to step 0, or SUITE:METRIC>=VALUE "
+        "(a downstream metric of --from's store; +/-VALUE relative to step 0); all must hold",
     )
     parser.add_argument(
         "--law", help="law to fit to --from (default: per target, the identified power law "
@@ -194,12 +203,26 @@ def _run(args: argparse.Namespace) -> int:
     if args.source is not None:
         store = _store_of(args.source)
         df = read_table(store)
-    targets = ["finetune_loss", *dict.fromkeys(b.target for b in budgets)]
+    targets = ["finetune_loss", *dict.fromkeys(b.law_target for b in budgets)]
     for flag, given in (("--emit", args.emit), ("--verify", args.verify)):
         if given and (store is None or store.suffix.lower() not in (".db", ".sqlite")):
             raise UserError(
                 f"{flag} needs --from a results store or study folder (the runs' configs)"
             )
+    relations = {}
+    for b in budgets:
+        if not b.downstream or b.target in relations:
+            continue
+        if store is None or store.suffix.lower() not in (".db", ".sqlite"):
+            raise UserError(
+                f"--budget {b.text!r} is a downstream metric: it needs --from a results store "
+                "or study folder (its downstream table)"
+            )
+        from forgetscale.laws.downstream_budget import fit_relation
+
+        assert df is not None
+        relations[b.target] = fit_relation(store, df, b.target, text=b.text,
+                                           n_boot=args.bootstrap, seed=args.seed)  # fmt: skip
     if args.verify is not None:
         from forgetscale.verify import check_verify_store
 
@@ -232,8 +255,11 @@ def _run(args: argparse.Namespace) -> int:
         laws = fit_for_plan(df, targets, args.law, n_boot=args.bootstrap, seed=args.seed,
                             min_step=args.min_step)  # fmt: skip
     base = base_values(df, targets) if df is not None else None
+    for key, rel in relations.items():
+        if rel.base is not None:
+            base = {**(base or {}), key: rel.base}
     result = make_plan(laws, budgets, params, list(steps), coverage=args.coverage, base=base,
-                       ranks=args.ranks)  # fmt: skip
+                       ranks=args.ranks, relations=relations)  # fmt: skip
     if ppr is not None:
         result["params_per_rank"] = ppr
     if args.check is not None:

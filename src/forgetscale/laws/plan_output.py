@@ -16,6 +16,18 @@ def _g(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
+def _sym(target: str) -> str:
+    """L_f for forgetting_loss ...; a downstream metric (``SUITE:METRIC``) as itself."""
+    return TARGETS[target].symbol if target in TARGETS else target
+
+
+def _end(budgets: list[dict[str, Any]]) -> str:
+    ops = {b.get("op", "<=") for b in budgets}
+    if ops == {">="}:
+        return "lower end"
+    return "upper end" if ops == {"<="} else "budget's end (upper for <=, lower for >=)"
+
+
 def _pred(c: dict[str, Any]) -> str:
     if c["lo"] is None:
         return _g(c["value"])
@@ -33,13 +45,13 @@ def format_plan(plan: dict[str, Any]) -> str:
             + (f", base {_g(b['base'])})" if b["relative"] else ")")
             for b in budgets
         )
-        + f" at the upper end of the {plan['coverage']:.0%} interval for a new run",
+        + f" at the {_end(budgets)} of the {plan['coverage']:.0%} interval for a new run",
         "laws: " + "; ".join(f"{TARGETS[t].symbol}: {law}" for t, law in plan["law"].items()),
         "",
     ]
     ranked = "rank" in (plan["candidates"][0] if plan["candidates"] else {})
     head = (f"{'rank':>5} " if ranked else "") + f"{'P':>10} {'N':>7}  {'L_ft':<26}"
-    head += "".join(f"{TARGETS[t].symbol:<26}" for t in targets) + "ok   why"
+    head += "".join(f"{_sym(t):<26}" for t in targets) + "ok   why"
     lines.append(head)
     for c in plan["candidates"]:
         row = (f"{c['rank']:>5} " if ranked else "") + f"{_g(c['params_trained']):>10} "
@@ -58,11 +70,11 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append(
             f"choice: {where}, N {_g(ch['step'], 6)}: L_ft {_pred(ch['finetune_loss'])}; "
             + "; ".join(
-                f"{TARGETS[t].symbol} {_pred(ch[t])} <= {_g(ch[t]['limit'])}" for t in targets
+                f"{_sym(t)} {_pred(ch[t])} {ch[t]['op']} {_g(ch[t]['limit'])}" for t in targets
             )  # fmt: skip
         )
     for t, kind in plan["intervals"].items():
-        lines.append(f"interval {TARGETS[t].symbol}: {kind}")
+        lines.append(f"interval {_sym(t)}: {kind}")
     for t, h in plan["held_out"].items():
         tests = ", ".join(
             f"{name}: error {_g(h['ratios'].get(name), 2)}x in-sample"

@@ -8,6 +8,11 @@ the candidate with the lowest predicted L_ft that meets every budget. Nothing is
 chosen when a law has a parameter on a bound (not identified) or no candidate meets
 the budgets; candidates beyond the fitted range are flagged, and so are those beyond
 the extrapolation factors the held-out tests covered (:class:`LawUse`).
+
+A downstream budget (``probe:acc>=-0.05``: a metric of the store's downstream table) is
+predicted through the metric's measured relation to the hard L_f
+(:mod:`~forgetscale.laws.downstream_budget`); a ``>=`` budget is met when the lower end
+of its interval is.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from forgetscale.errors import UserError
-from forgetscale.laws.intervals import NEW_RUN, describe, interval
+from forgetscale.laws.downstream_budget import RELATION_LF
+from forgetscale.laws.intervals import NEW_RUN, describe, draws, interval
 from forgetscale.laws.registry import TARGETS, get_law, list_laws
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from forgetscale.laws.downstream_budget import Relation
     from forgetscale.laws.fitting import FitResult
 
 #: Targets a budget may constrain (L_ft is what the plan minimises).
@@ -34,60 +41,85 @@ BUDGET_TARGETS: tuple[str, ...] = tuple(t for t in TARGETS if t != "finetune_los
 #: The held-out tests ``plan`` runs on each law it fits.
 PLAN_TESTS: tuple[tuple[str, str], ...] = (("held-out runs", "largest-P"),
                                            ("held-out steps", "largest-N"))  # fmt: skip
-_BUDGET = re.compile(r"^\s*([A-Za-z_]+)\s*<=\s*(\S+)\s*$")
+_BUDGET = re.compile(r"^\s*([^\s<>=]+)\s*(<=|>=)\s*(\S+)\s*$")
 
 
 @dataclass(frozen=True)
 class Budget:
     """``target <= value`` (absolute) or ``target <= base + value`` (``relative``: the
-    value at step 0, the base model)."""
+    value at step 0, the base model). A ``downstream`` target is ``SUITE:METRIC`` (a
+    metric of the store's downstream table) and may also be bounded below (``op`` ``>=``:
+    ``probe:acc>=-0.05`` = at most 0.05 below the base's accuracy)."""
 
     target: str
     value: float
     relative: bool
     text: str
+    op: str = "<="
+
+    @property
+    def downstream(self) -> bool:
+        return ":" in self.target
+
+    @property
+    def law_target(self) -> str:
+        """The target whose law predicts this budget (a downstream metric: the hard L_f)."""
+        return RELATION_LF if self.downstream else self.target
 
     def limit(self, base: Mapping[str, float] | None) -> float:
         if not self.relative:
             return self.value
         if base is None or self.target not in base:
+            rows = "step-0 downstream rows of " if self.downstream else "step-0 rows with "
             raise UserError(
                 f"--budget {self.text!r} is relative to the base model: the table needs "
-                f"step-0 rows with {self.target} (give --from with the runs' step 0)"
+                f"{rows}{self.target} (give --from with the runs' step 0)"
             )
         return base[self.target] + self.value
 
 
 def parse_budget(text: str) -> Budget:
-    """``"forgetting_loss<=2.4"`` or ``"kl<=+0.05"`` (at most 0.05 above step 0)."""
+    """``"forgetting_loss<=2.4"``, ``"kl<=+0.05"`` (at most 0.05 above step 0) or a
+    downstream metric ``"SUITE:METRIC>=VALUE"`` / ``"SUITE:METRIC<=VALUE"``
+    (``probe:acc>=-0.05``: a signed value is relative to the base model)."""
     m = _BUDGET.match(text)
     if not m:
         raise UserError(
             f"--budget {text!r}: write TARGET<=VALUE, e.g. forgetting_loss<=2.4 or "
-            "forgetting_loss<=+0.5 (at most 0.5 above the base model)"
+            "forgetting_loss<=+0.5 (at most 0.5 above the base model), or "
+            "SUITE:METRIC>=VALUE for a downstream metric, e.g. probe:acc>=-0.05"
         )
-    target, raw = m.groups()
-    if target not in BUDGET_TARGETS:
+    target, op, raw = m.groups()
+    downstream = ":" in target
+    if downstream and not all(target.rpartition(":")[::2]):
+        raise UserError(
+            f"--budget {text!r}: a downstream budget names SUITE:METRIC, e.g. probe:acc"
+        )
+    if not downstream and target not in BUDGET_TARGETS:
         extra = " (it is what plan minimises)" if target == "finetune_loss" else ""
         raise UserError(
             f"--budget {text!r}: unknown target {target!r}{extra}; use one of "
-            f"{', '.join(BUDGET_TARGETS)}"
+            f"{', '.join(BUDGET_TARGETS)}, or SUITE:METRIC for a downstream metric"
         )
-    relative = raw.startswith("+")
+    if not downstream and op == ">=":
+        raise UserError(
+            f"--budget {text!r}: a forgetting target is bounded from above: write {target}<=VALUE"
+        )
+    relative = raw.startswith("+") or (downstream and raw.startswith("-"))
     try:
         value = float(raw)
     except ValueError:
         raise UserError(f"--budget {text!r}: {raw!r} is not a number") from None
     if not math.isfinite(value):
         raise UserError(f"--budget {text!r}: the value must be finite, got {raw}")
-    if not relative and value <= 0:
+    if not downstream and not relative and value <= 0:
         raise UserError(f"--budget {text!r}: an absolute limit must be > 0, got {value:g}")
     if target == "disagreement" and (value > 1 if not relative else not -1 < value < 1):
         raise UserError(
             f"--budget {text!r}: disagreement is a share of tokens in [0, 1] (a limit of "
             f"{raw} can never bind); write 0.05 for 5%"
         )
-    return Budget(target, value, relative, text.strip())
+    return Budget(target, value, relative, text.strip(), op)
 
 
 @dataclass
@@ -249,18 +281,30 @@ def make_plan(
     coverage: float = 0.9,
     base: Mapping[str, float] | None = None,
     ranks: Sequence[int] | None = None,
+    relations: Mapping[str, Relation] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every (P, N) and choose; returns the ``--json`` object: ``choice`` (a
     candidate or ``None``), ``candidates``, ``law`` per target, ``coverage``, ``budgets``,
-    ``intervals`` (their kind per target) and ``notes``."""
+    ``intervals`` (their kind per target), ``downstream`` (the relation of each
+    downstream budget's metric to L_f, from ``relations``) and ``notes``."""
     if not budgets:
         raise UserError("--budget: give at least one, e.g. forgetting_loss<=+0.5")
     if not (0 < coverage < 1):
         raise UserError(f"--coverage must lie strictly between 0 and 1, got {coverage}")
-    targets = ["finetune_loss", *dict.fromkeys(b.target for b in budgets)]
+    targets = ["finetune_loss", *dict.fromkeys(b.law_target for b in budgets)]
     missing = [t for t in targets if t not in laws]
     if missing:
         raise UserError(f"no fitted law for {', '.join(missing)}")
+    relations = relations or {}
+    extra = [b.target for b in budgets if b.downstream and b.target not in relations]
+    if extra:
+        raise UserError(f"no relation to L_f for {', '.join(extra)}")
+    ops: dict[str, str] = {}
+    for b in budgets:
+        if ops.setdefault(b.target, b.op) != b.op:
+            raise UserError(f"--budget: {b.target} is bounded both from above and from below; "
+                            "give one side")  # fmt: skip
+    down_keys = list(dict.fromkeys(b.target for b in budgets if b.downstream))
     limits = [(b, b.limit(base)) for b in budgets]
     if ranks is not None and len(ranks) != len(params_trained):
         raise AssertionError("ranks and params_trained differ in length")
@@ -269,6 +313,11 @@ def make_plan(
         "interval for a new run does (a new run exceeds it with about "
         f"{(1 - coverage) / 2:.0%} chance if the intervals are calibrated)"
     ]
+    if any(b.op == ">=" for b in budgets):
+        notes.append(
+            "a budget SUITE:METRIC>=VALUE is met when the lower end of that interval is at "
+            "least VALUE"
+        )
     unidentified = [t for t in targets if not laws[t].identified]
     for t in unidentified:
         fit = laws[t].fit
@@ -289,6 +338,15 @@ def make_plan(
         predicted[t] = interval(spec, use.fit.params, {v: X[v] for v in spec.variables}, t,
                                 bootstrap=use.fit.bootstrap, noise=use.fit.noise.get(t),
                                 level=coverage, kind=NEW_RUN)  # fmt: skip
+    if down_keys:
+        use = laws[RELATION_LF]
+        spec = use.fit.law_spec
+        X = {"params_trained": P, "step": N}
+        lf_value, lf_logs = draws(spec, use.fit.params, {v: X[v] for v in spec.variables},
+                                  RELATION_LF, bootstrap=use.fit.bootstrap,
+                                  noise=use.fit.noise.get(RELATION_LF))  # fmt: skip
+        for key in down_keys:
+            predicted[key] = relations[key].predict(lf_value, lf_logs, coverage)
     candidates = []
     for k, (i, _) in enumerate(grid):
         cand: dict[str, Any] = {}
@@ -296,23 +354,34 @@ def make_plan(
             cand["rank"] = int(ranks[i])
         cand.update(params_trained=float(P[k]), step=int(N[k]) if N[k] == int(N[k]) else N[k])
         why: list[str] = []
-        for t in targets:
+        for t in [*targets, *down_keys]:
             value, lo, hi = predicted[t]
             cand[t] = _cell(value[k], None if lo is None else lo[k], None if hi is None else hi[k])
         for b, lim in limits:
             c = cand[b.target]
-            upper = c["hi"] if c["hi"] is not None else c["value"]
-            meets = upper is not None and upper <= lim
-            c["limit"] = min(c.get("limit", lim), lim)
+            above = b.op == "<="
+            end = c["hi" if above else "lo"]
+            end = end if end is not None else c["value"]
+            meets = end is not None and (end <= lim if above else end >= lim)
+            c["limit"] = (min if above else max)(c.get("limit", lim), lim)
+            c["op"] = b.op
             c["meets"] = bool(c.get("meets", True) and meets)
-            if upper is None:
+            if end is None:
                 why.append(f"{b.target} not finite")
             elif not meets:
-                why.append(f"{b.target} up to {upper:.4g} > {lim:.4g}")
+                why.append(f"{b.target} up to {end:.4g} > {lim:.4g}" if above
+                           else f"{b.target} down to {end:.4g} < {lim:.4g}")  # fmt: skip
         if cand["finetune_loss"]["value"] is None:
             why.append("L_ft not finite")
         why += [f"no identified law for {t}" for t in unidentified]
         flags = _extrapolation_flags(laws, targets, P[k], N[k])
+        for key in down_keys:
+            lf, (lf_lo, lf_hi) = cand[RELATION_LF]["value"], relations[key].lf_range
+            if lf is not None and not lf_lo * (1 - 1e-9) <= lf <= lf_hi * (1 + 1e-9):
+                flags["beyond"].append(
+                    f"{key}: predicted L_f {lf:.4g} outside the L_f its relation was measured "
+                    f"on ({lf_lo:.4g} to {lf_hi:.4g}): the line is extrapolated"
+                )
         cand["extrapolation"] = flags["factors"]
         cand["beyond_tested"] = flags["beyond"]
         cand["feasible"] = not why
@@ -322,6 +391,18 @@ def make_plan(
     choice = min(feasible, key=lambda c: c["finetune_loss"]["value"]) if feasible else None
     if choice is None and not unidentified:
         notes.append("no candidate meets every budget: none is chosen")
+    for key in down_keys:
+        rel = relations[key]
+        slope = rel.as_dict()["slope_interval_90"]
+        notes.append(
+            f"{key} is predicted from L_f: {rel.equation()}, least squares over {rel.points} "
+            f"points ({rel.runs} runs' values at a step with their L_f"
+            + (", the base model once" if rel.base is not None else "")
+            + f"), L_f {rel.lf_range[0]:.4g} to {rel.lf_range[1]:.4g}, residual sd "
+            f"{rel.sigma:.2g}"
+            + (f"; slope 90% interval over run resamples [{slope[0]:.4g}, {slope[1]:.4g}]"
+               if slope else "; no run resamples (its interval is the scatter alone)")
+        )  # fmt: skip
     if choice is not None and choice["beyond_tested"]:
         notes.append(
             "the choice lies beyond what the held-out tests checked ("
@@ -330,6 +411,7 @@ def make_plan(
         )
     n_boot = {t: 0 if laws[t].fit.bootstrap is None else len(laws[t].fit.bootstrap)
               for t in targets}  # fmt: skip
+    kinds = {t: describe(NEW_RUN, n_boot[t], laws[t].fit.noise.get(t), coverage) for t in targets}
     return {
         "choice": choice,
         "candidates": candidates,
@@ -341,13 +423,16 @@ def make_plan(
                 "text": b.text,
                 "limit": lim,
                 "relative": b.relative,
+                "op": b.op,
                 "base": (base or {}).get(b.target) if b.relative else None,
             }
             for b, lim in limits
         ],  # fmt: skip
         "intervals": {
-            t: describe(NEW_RUN, n_boot[t], laws[t].fit.noise.get(t), coverage) for t in targets
+            **kinds,
+            **{k: relations[k].describe(coverage, kinds[RELATION_LF]) for k in down_keys},
         },
+        "downstream": {k: relations[k].as_dict() for k in down_keys},
         "held_out": {
             t: {"tested": laws[t].tested, "ratios": laws[t].ratios, "coverage": laws[t].coverage}
             for t in targets
