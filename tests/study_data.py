@@ -138,6 +138,34 @@ def make_store(
     return ids
 
 
+def add_linear_downstream(
+    path: str | Path,
+    intercept: float,
+    slope: float,
+    *,
+    noise: float,
+    steps: Sequence[int] = (0, 16, 64, 100),
+    suite: str = "probe",
+    metric: str = "acc",
+    seed: int = 3,
+) -> None:
+    """Write a downstream metric into the store at ``steps`` of every run: ``intercept +
+    slope * L_f`` with the hard L_f the run measured at that step, plus normal noise of sd
+    ``noise`` (none at step 0: the base model, the same for every run)."""
+    from forgetscale.laws.table import read_table
+
+    df = read_table(path)
+    rng = np.random.default_rng(seed)
+    with open_store(path) as st:
+        for run_id, g in df.groupby("run_id"):
+            for step in steps:
+                lf = float(g.loc[g["step"] == step, "forgetting_loss"].iloc[0])
+                v = intercept + slope * lf + (noise * rng.standard_normal() if step else 0.0)
+                row = {"suite": suite, "metric": metric, "value": v, "n": 278,
+                       "ci_low": v - 0.05, "ci_high": v + 0.05}  # fmt: skip
+                st.add_downstream(run_id, step, [row])
+
+
 _ROOT: list[Path] = []
 
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from study_data import BASE, ENTROPY, P_PER_RANK, law_value, make_store
+from study_data import BASE, ENTROPY, P_PER_RANK, add_linear_downstream, law_value, make_store
 
 from forgetscale.cli import main
 from forgetscale.laws.downstream_budget import split_key
@@ -51,24 +51,12 @@ def stores(tmp_path_factory):
     """``(plain, with_downstream)``: the same pilot runs, the second with a probe accuracy
     at steps 0, 16, 64 and 100 of every run, a straight line in the L_f the run measured
     there plus noise (the base's value at step 0, the same for every run)."""
-    from forgetscale.laws.table import read_table
-    from forgetscale.store import open_store
-
     d = tmp_path_factory.mktemp("budgets")
     plain, down = d / "plain.db", d / "down" / "results.db"
     down.parent.mkdir()
     for path in (plain, down):
         make_store(path, ranks=(1, 2, 4, 8, 16), seeds={1: 2, 4: 2, 16: 2}, noise=NOISE)
-    df = read_table(down)
-    rng = np.random.default_rng(3)
-    with open_store(down) as st:
-        for run_id, g in df.groupby("run_id"):
-            for step in (0, 16, 64, 100):
-                lf = float(g.loc[g["step"] == step, "forgetting_loss"].iloc[0])
-                v = ACC0 + ACC_SLOPE * lf + (ACC_NOISE * rng.standard_normal() if step else 0.0)
-                row = {"suite": "probe", "metric": "acc", "value": v, "n": 278,
-                       "ci_low": v - 0.05, "ci_high": v + 0.05}  # fmt: skip
-                st.add_downstream(run_id, step, [row])
+    add_linear_downstream(down, ACC0, ACC_SLOPE, noise=ACC_NOISE)
     return plain, down
 
 
