@@ -93,8 +93,10 @@ def format_plan(plan: dict[str, Any]) -> str:
         )  # fmt: skip
     beyond = sorted({b for c in plan["candidates"] for b in c["beyond_tested"]})
     if beyond:
+        what = ("the held-out tests checked, or the L_f range a downstream relation was "
+                "measured on" if plan.get("downstream") else "the held-out tests checked")  # fmt: skip
         lines.append(f"{sum(1 for c in plan['candidates'] if c['beyond_tested'])} candidate(s) "
-                     "lie beyond what the held-out tests checked")  # fmt: skip
+                     f"lie beyond what {what}")  # fmt: skip
     check = plan.get("check")
     if check:
         for t, c in check["targets"].items():

@@ -308,16 +308,16 @@ def make_plan(
     limits = [(b, b.limit(base)) for b in budgets]
     if ranks is not None and len(ranks) != len(params_trained):
         raise AssertionError("ranks and params_trained differ in length")
+    ops_given = {b.op for b in budgets}
+    end = {frozenset({"<="}): "upper end", frozenset({">="}): "lower end"}.get(
+        frozenset(ops_given), "upper end (the lower end for a >= budget)"
+    )
+    beyond = "exceeds it" if ops_given == {"<="} else "falls beyond it"
     notes: list[str] = [
-        f"a candidate meets a budget when the upper end of its central {coverage:.0%} "
-        "interval for a new run does (a new run exceeds it with about "
+        f"a candidate meets a budget when the {end} of its central {coverage:.0%} "
+        f"interval for a new run does (a new run {beyond} with about "
         f"{(1 - coverage) / 2:.0%} chance if the intervals are calibrated)"
     ]
-    if any(b.op == ">=" for b in budgets):
-        notes.append(
-            "a budget SUITE:METRIC>=VALUE is met when the lower end of that interval is at "
-            "least VALUE"
-        )
     unidentified = [t for t in targets if not laws[t].identified]
     for t in unidentified:
         fit = laws[t].fit
@@ -379,8 +379,8 @@ def make_plan(
             lf, (lf_lo, lf_hi) = cand[RELATION_LF]["value"], relations[key].lf_range
             if lf is not None and not lf_lo * (1 - 1e-9) <= lf <= lf_hi * (1 + 1e-9):
                 flags["beyond"].append(
-                    f"{key}: predicted L_f {lf:.4g} outside the L_f its relation was measured "
-                    f"on ({lf_lo:.4g} to {lf_hi:.4g}): the line is extrapolated"
+                    f"{key}: predicted L_f {lf:.5g} outside the L_f its relation was measured "
+                    f"on ({lf_lo:.5g} to {lf_hi:.5g}): the line is extrapolated"
                 )
         cand["extrapolation"] = flags["factors"]
         cand["beyond_tested"] = flags["beyond"]
