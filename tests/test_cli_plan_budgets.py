@@ -189,6 +189,8 @@ def test_a_downstream_budget_with_a_forgetting_budget_and_an_absolute_limit(stor
         ("down", "probe:acc>=nan", "must be finite"),
         ("down", "probe:acc=>0.5", "write TARGET<=VALUE"),
         ("down", "forgetting_loss>=2", "a forgetting target is bounded from above"),
+        ("nobase", "probe:acc>=-0.05", "relative to the base model: the table needs step-0 "
+         "downstream rows of probe:acc"),
     ],
 )  # fmt: skip
 def test_bad_downstream_budgets_are_one_line_and_exit_2(stores, which, budget, needle, capsys,
@@ -204,6 +206,11 @@ def test_bad_downstream_budgets_are_one_line_and_exit_2(stores, which, budget, n
             fits.append(str(tmp_path / f"{t}.json"))
             fit_law(down, "multiplicative", t, n_boot=0, workers=1).save(fits[-1])
         source = ["--fit", *fits]
+    elif which == "nobase":  # the probe measured at steps 16 and 100 only
+        nobase = tmp_path / "nobase.db"
+        make_store(nobase, ranks=(1, 2, 4, 8), noise=NOISE)
+        add_linear_downstream(nobase, ACC0, ACC_SLOPE, noise=ACC_NOISE, steps=(16, 100))
+        source = ["--from", str(nobase)]
     else:
         source = ["--from", str(plain if which == "plain" else down)]
     one_line_error(capsys, ["plan", *source, "--budget", budget, "--params", "1e6", "--steps",

@@ -71,9 +71,11 @@ class Budget:
             return self.value
         if base is None or self.target not in base:
             rows = "step-0 downstream rows of " if self.downstream else "step-0 rows with "
+            hint = ("runs whose downstream: block includes step 0" if self.downstream
+                    else "give --from with the runs' step 0")  # fmt: skip
             raise UserError(
                 f"--budget {self.text!r} is relative to the base model: the table needs "
-                f"{rows}{self.target} (give --from with the runs' step 0)"
+                f"{rows}{self.target} ({hint})"
             )
         return base[self.target] + self.value
 
