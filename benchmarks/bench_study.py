@@ -69,7 +69,8 @@ def main() -> int:
     for run in report["runs"]:
         status = json.loads((out / "runs" / run["run_id"] / "status.json").read_text())
         for part, seconds in status.get("timings", {}).items():
-            parts[part] = parts.get(part, 0.0) + seconds
+            if isinstance(seconds, (int, float)):  # not the per-update costs
+                parts[part] = parts.get(part, 0.0) + seconds
         tokens += run["last_step"] * run["batch_size"] * run["config"]["block_size"]
     runs_wall = parts.pop("wall", 0.0)
     analysis = float(report["seconds"]["total"])

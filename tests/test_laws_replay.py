@@ -119,3 +119,52 @@ def test_the_report_says_when_the_law_is_not_identified(tmp_path):
     r = analyse(tmp_path / "all.db", ANALYSIS).replay_law
     assert not r["identified"] and (r["on_bound"] or r["b_spread"] > 10)
     assert "not identified" in r["sentence"] and "not a result" in r["sentence"]
+
+
+def test_fit_reads_the_replay_fraction_from_a_store_and_its_export(tmp_path, capsys):
+    """`forgetscale fit --from STORE --law replay_power` on a store as train writes it (p in
+    each run's config, absent from a plain run's): p and the KL weight are export columns."""
+    import json
+
+    from forgetscale.cli import main
+    from forgetscale.store import EXPORT_COLUMNS, read_measurements
+
+    db = tmp_path / "r.db"
+    _replay_store(db)
+    with open_store(db) as st:  # a KL run: its weight is exported, its p is 0
+        cfg = {"model": "tiny", "task_data": "t", "method": "lora", "kl_weight": 0.5}
+        st.start_run("kl", cfg, method="lora", rank=4, params_trained=480_000)
+        st.add_measurement("kl", 4, {"forgetting_loss": 1.01, "finetune_loss": 3.9})
+        st.set_status("kl", "finished")
+    df = read_measurements(db)
+    assert list(df.columns) == list(EXPORT_COLUMNS)
+    assert EXPORT_COLUMNS.index("replay_fraction") < EXPORT_COLUMNS.index("step")
+    per_run = df.groupby("run_id")[["replay_fraction", "kl_weight"]].first()
+    for p in FRACTIONS:
+        assert per_run.loc[f"p{p}-s1"].tolist() == [p, 0.0]  # p = 0: the key is absent
+    assert per_run.loc["kl"].tolist() == [0.0, 0.5]
+    assert df.replay_fraction.dtype == df.kl_weight.dtype == np.float64
+    # the KL run is no replay run: the replay law's runs are those without the KL penalty
+    assert main(["export", "--from", str(db), "--out", str(tmp_path / "all.csv")]) == 0
+    table = pd.read_csv(tmp_path / "all.csv")
+    table[table.kl_weight == 0].to_csv(tmp_path / "replay.csv", index=False)
+    with open_store(db) as st:
+        st.delete_run("kl")
+    capsys.readouterr()
+    fits = {}
+    for source in (db, tmp_path / "replay.csv"):
+        argv = ["fit", "--from", str(source), "--law", "replay_power", "--min-step", "0",
+                "--bootstrap", "20", "--json"]  # fmt: skip
+        assert main(argv) == 0
+        fits[source.suffix] = json.loads(capsys.readouterr().out)
+    fit = fits[".db"]
+    assert fit["law"] == "replay_power" and fit["converged"]
+    assert fit["params"]["B"] == pytest.approx(TRUE["B"], rel=0.2)
+    assert fit["params"]["beta"] == pytest.approx(TRUE["beta"], rel=0.1)
+    assert fits[".csv"]["params"] == pytest.approx(fit["params"], rel=1e-6)
+    # the table as the store gave it: two values of p at least, or one line saying so
+    single = table[(table.replay_fraction == 0) & (table.kl_weight == 0)]
+    single.to_csv(tmp_path / "plain.csv", index=False)
+    argv = ["fit", "--from", str(tmp_path / "plain.csv"), "--law", "replay_power"]
+    assert main(argv) == 2
+    assert "replay_fraction" in capsys.readouterr().err

@@ -40,6 +40,19 @@ def test_everything_derives_from_the_declarations():
     assert TARGETS["kl"].rises and TARGETS["kl"].symbol == "KL"
     assert quantity("forgetting_loss").axis_label() == "hard forgetting loss $L_f$ (nats/token)"
     assert quantity("disagreement").axis_label() == "1 - agreement (share of positions)"
+    # the run settings read from each run's config: export columns beside P, law variables,
+    # one value per run, defaulting as the config's keys added later do
+    from forgetscale.config.train import LATER_KEYS
+    from forgetscale.laws.registry import VARIABLE_COLUMNS
+    from forgetscale.laws.table import PER_RUN_COLUMNS
+    from forgetscale.store import EXPORT_COLUMNS
+
+    settings = [q.name for q in quantities.run_settings()]
+    assert settings == ["replay_fraction", "kl_weight"]
+    for q in quantities.run_settings():
+        assert q.config_default == LATER_KEYS[q.name] and q.variable
+        assert q.name in VARIABLE_COLUMNS and q.name in PER_RUN_COLUMNS and AXIS[q.name]
+    assert EXPORT_COLUMNS[:7] == ("run_id", "method", "rank", "params_trained", *settings, "step")
 
 
 # one quantity added in one place (a task-data KL, as a mitigation study would measure),

@@ -64,6 +64,8 @@ def test_out_moves_the_study_and_notes_reach_the_report(workdir, capsys):
     assert report["study"]["notes"] == ["Two ranks: a smoke test."]
     assert "Two ranks: a smoke test." in (workdir / "elsewhere" / "report.html").read_text()
     assert set(report["study"]["run_time_s"]) >= {"steps", "eval_forgetting", "eval_finetune"}
+    # seconds only: each run's per-update costs (status.json's timings) are not summed
+    assert all(isinstance(v, float) for v in report["study"]["run_time_s"].values())
     out = capsys.readouterr().out
     assert "checks:" in out and "L_f@0" in out  # the one-screen summary
 

@@ -61,4 +61,5 @@ def test_lora_on_shakespeare_forgets_pydoc(tmp_path):
         [sys.executable, "-m", "forgetscale", "export", "--from", "results.db"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert export.stdout.splitlines()[0].startswith("run_id,method,rank,params_trained,step")
+    header = "run_id,method,rank,params_trained,replay_fraction,kl_weight,step"
+    assert export.stdout.splitlines()[0].startswith(header)

@@ -15,6 +15,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_causal_lm, tiny_config
@@ -176,6 +177,81 @@ def test_the_kl_penalty_is_in_the_update_and_recorded(workdir):
     assert plain.mitigation_costs()["kl_positions_per_update"] == 0
     assert kl.mitigation_costs()["kl_positions_per_update"] == 4 * 31
     assert kl.kl_term_s > 0 and kl.timings()["mitigation_setup"] > 0
+
+
+@pytest.mark.parametrize("method, lr", [("full", 1e-2), ("ia3", 0.5)])  # IA3 moves little
+def test_the_kl_penalty_of_a_run_with_another_method_equals_float64(workdir, method, lr):
+    """The KL a run of ``method`` trains against (the base's cached top-K, taken before the
+    method is put on the model) equals the float64 lumped KL between the base and the
+    weights after update 1, on the blocks of update 2 (as the run recorded it in train_kl)."""
+    from safetensors.torch import load_file
+
+    from forgetscale.finetune_data import RecordFields, load_task_data
+    from forgetscale.models import load_model
+    from forgetscale.training.checkpoint import latest_checkpoint
+    from forgetscale.training.methods import apply_method
+    from forgetscale.training.mixing import MixedBatches
+    from forgetscale.training.outputs import checkpoint_dir
+
+    cfg = tiny_config(workdir, method=method, kl_weight=2.0, max_steps=2, eval_steps=[0, 1, 2],
+                      learning_rate=lr, keep_checkpoint=True)  # fmt: skip
+    assert train(cfg).status == "finished"
+    df = read_measurements(workdir / "results.db")
+    # update 1 starts from the base itself: its KL to the base's cached top-K is 0
+    assert abs(df.train_kl.iloc[1]) < 1e-6
+    ck = latest_checkpoint(checkpoint_dir(cfg), cfg.run_id)
+    assert ck is not None and ck.name == "step-000001"
+    tokenizer = load_model(cfg.model).tokenizer
+    data = load_task_data(cfg.task_data, tokenizer, block_size=cfg.block_size,
+                          fields=RecordFields())  # fmt: skip
+    base = tiny_causal_lm(workdir / "tiny-model")
+    moved = apply_method(tiny_causal_lm(workdir / "tiny-model"), cfg)
+    params = dict(moved.named_parameters())
+    weights = load_file(str(ck / "trainable.safetensors"))
+    assert weights and set(weights) <= set(params)
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+        plan = ReplayMixer(len(data.train), 0, cfg.batch_size, 0.0, cfg.seed).plan(1)
+        ids, _, mask = MixedBatches(data.train, None, torch.device("cpu")).get(plan)
+        assert mask is None
+        base_logits = base(input_ids=ids).logits[:, :-1]
+        logits = moved(input_ids=ids).logits[:, :-1]
+    exact = float(_lumped_kl_float64(base_logits, logits, cfg.reference_top_k).mean())
+    ours = float(df.train_kl.iloc[2])
+    print(f"{method}: KL after update 1, ours {ours:.9g}, float64 {exact:.9g}")
+    assert exact > 1e-5  # the model did move
+    # the run's KL is float32: log-probabilities of size ~5 round by ~3e-7 per position,
+    # which the mean over 124 positions brings far below the 1e-8 allowed on top
+    assert abs(ours - exact) <= 1e-5 * exact + 1e-8
+
+
+def test_train_reports_what_a_mitigation_cost_per_update(workdir, replay_jsonl, capsys):
+    # a plain run: timings hold its per-update baseline, its summary says nothing new
+    assert main(["train", "run.yaml", "--progress=false", "--max_steps=4",
+                 "--eval_steps=[0, 4]"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "per update" not in out and "mitigation setup" not in out
+    plain = train(tiny_config(workdir, max_steps=4, eval_steps=[0, 4], store="plain.db"))
+    per_update = plain.timings()["per_update"]
+    assert per_update == plain.mitigation_costs()
+    assert per_update["task_tokens_per_update"] == 128 and per_update["updates"] == 4
+    assert per_update["replay_tokens_per_update"] == per_update["kl_positions_per_update"] == 0
+    # replay 0.25 and the KL penalty on the replay blocks: one replay block of 32 per update
+    args = ["--replay_data=replay.jsonl", "--replay_fraction=0.25", "--kl_weight=1",
+            "--kl_data=replay"]  # fmt: skip
+    assert main(["train", "run.yaml", "--progress=false", "--max_steps=4",
+                 "--eval_steps=[0, 4]", "--store=mitigated.db", *args]) == 0  # fmt: skip
+    line = capsys.readouterr().out.strip()
+    assert "per update: 96 task + 32 replay tokens, KL on 31 positions " in line, line
+    assert " ms, step " in line and "mitigation setup " in line
+    kl_only = train(tiny_config(workdir, max_steps=4, eval_steps=[0, 4], store="kl.db",
+                                kl_weight=1.0))  # fmt: skip
+    text = kl_only.summary()
+    assert "per update: 128 task tokens, KL on 124 positions " in text and "replay" not in text
+    costs = kl_only.timings()["per_update"]
+    assert costs["kl_positions_per_update"] == 124 and costs["kl_term_s_per_update"] > 0
+    assert costs["mitigation_setup_s"] == kl_only.timings()["mitigation_setup"] > 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,4 +463,19 @@ def test_a_sweep_over_replay_fraction_and_kl_weight_on_local_workers(workdir, re
     mine = df[df.run_id == alone.run_id].sort_values("step")
     ref = read_measurements(workdir / "alone.db")
     for col in COMPARED:
-        assert (mine[col].fillna(0).to_numpy() - ref[col].fillna(0).to_numpy()).max() <= 1e-6
+        diff = np.abs(mine[col].fillna(0).to_numpy() - ref[col].fillna(0).to_numpy()).max()
+        assert diff <= 1e-6, (col, diff)
+    # each run folder's status records what an update cost (and the study sums only seconds)
+    from forgetscale.sweep.folders import RunFolder
+
+    for run_id in df.run_id.unique():
+        folder = RunFolder(workdir / "sweep" / "runs" / run_id)
+        costs, timings = folder.costs(), folder.timings()
+        config = json.loads(folder.spec_path.read_text())["config"]
+        replay = 32 if config["replay_fraction"] else 0
+        assert costs["updates"] == 6 and costs["replay_tokens_per_update"] == replay
+        assert costs["task_tokens_per_update"] == 128 - replay
+        task_blocks = 4 - replay // 32  # the KL penalty is on the task blocks (the default)
+        assert costs["kl_positions_per_update"] == (31 * task_blocks if config["kl_weight"] else 0)
+        assert (costs["kl_term_s_per_update"] > 0) == bool(config["kl_weight"])
+        assert "per_update" not in timings and timings["steps"] > 0

@@ -3,6 +3,8 @@ with forgetting, and whether a law may predict it.
 
 What derives from :data:`QUANTITIES` (a new quantity is one :class:`Quantity` here):
 
+- the run columns read from each run's config (``config_default`` set: the replay fraction p
+  and the KL weight), exported beside P with every measurement and read by the laws;
 - the results store's measurement columns (:data:`forgetscale.store.MEASUREMENT_COLUMNS`:
   every quantity with an ``sql`` type, in this order), the export columns, the columns a
   forgetting evaluation fills (``forgetting=True``) and those older stores gain on write
@@ -58,7 +60,10 @@ class Quantity:
     derived_from: str | None = None
     """Computed as ``1 - derived_from`` when a table lacks it (``disagreement``)."""
     variable: bool = False
-    """A variable of the laws (P, N), not a measurement."""
+    """A variable of the laws (P, N, p), not a measurement."""
+    config_default: float | None = None
+    """Set: a key of the run's config (one value per run) that the export gives beside every
+    measurement, this value where a run's config lacks the key (recorded before it existed)."""
 
     def axis_label(self) -> str:
         """The axis label with its unit: ``hard forgetting loss $L_f$ (nats/token)``."""
@@ -106,12 +111,19 @@ QUANTITIES: tuple[Quantity, ...] = (
       "training wall time so far, in seconds", "REAL"),
 )  # fmt: skip
 
-#: The laws' variables: P (a run's trainable parameters) and N (the step).
+#: The laws' variables: P (a run's trainable parameters), N (the step), and the strengths of
+#: the run's mitigations from its config: p (replay fraction) and the KL penalty's weight.
 VARIABLES: tuple[Quantity, ...] = (
     Q("params_trained", "P", "P", "$P$", "trainable parameters $P$", "",
       "trainable non-embedding parameters", variable=True),
     Q("step", "N", "N", "$N$", "fine-tuning steps $N$", "optimizer updates",
       "optimizer updates so far (0: the base model)", variable=True),
+    Q("replay_fraction", "p", "replay fraction", "replay $p$", "replay fraction $p$",
+      "share of blocks", "the run's replay_fraction: share of each update's blocks drawn "
+      "from the replay data (0: no replay)", variable=True, config_default=0.0),
+    Q("kl_weight", "lambda", "KL weight", "KL $\\lambda$", "KL penalty weight $\\lambda$", "",
+      "the run's kl_weight: weight of the KL(base || model) penalty in the loss (0: none)",
+      variable=True, config_default=0.0),
 )  # fmt: skip
 del Q
 
@@ -127,6 +139,11 @@ def quantity(name: str) -> Quantity:
 def stored() -> tuple[Quantity, ...]:
     """The measurement columns of the results store, in order."""
     return tuple(q for q in QUANTITIES if q.sql is not None)
+
+
+def run_settings() -> tuple[Quantity, ...]:
+    """The run columns read from each run's config (the export's, beside P), in order."""
+    return tuple(q for q in VARIABLES if q.config_default is not None)
 
 
 def targets() -> tuple[Quantity, ...]:

@@ -68,9 +68,14 @@ when opened for writing, and reads of one opened read-only give them as missing 
 FORGETTING_COLUMNS: tuple[str, ...] = tuple(q.name for q in quantities.stored() if q.forgetting)
 """The columns that :class:`forgetscale.metrics.ForgettingResult` fills."""
 
-# Run columns joined to every measurement (P is ``params_trained``).
+# Run columns joined to every measurement (P is ``params_trained``), then the run settings read
+# from each run's config (forgetscale.quantities: the replay fraction p, the KL weight; their
+# default where a run's config lacks the key or is not JSON).
 _RUN_EXPORT = (("run_id", "m.run_id", "object"), ("method", "r.method", "object"),
                ("rank", "r.rank", "Int64"), ("params_trained", "r.params_trained", "Int64"),
+               *((q.name, f"COALESCE(CASE WHEN json_valid(r.config) THEN json_extract("
+                          f"r.config, '$.{q.name}') END, {q.config_default!r})", q.dtype)
+                 for q in quantities.run_settings()),
                ("step", "m.step", "int64"))  # fmt: skip
 EXPORT_COLUMNS: tuple[str, ...] = (*(name for name, _, _ in _RUN_EXPORT), *METRIC_COLUMNS)
 
@@ -529,7 +534,7 @@ class ResultsStore:
         import pandas as pd
 
         missing = set(self._missing_columns())  # an older store opened read-only
-        select = [expr for _, expr, _ in _RUN_EXPORT] + [
+        select = [f"{expr} AS {name}" for name, expr, _ in _RUN_EXPORT] + [
             f"NULL AS {c}" if c in missing else f"m.{c}" for c in METRIC_COLUMNS
         ]
         sql = f"SELECT {', '.join(select)} FROM measurements m JOIN runs r ON r.id = m.run_id"
@@ -540,13 +545,14 @@ class ResultsStore:
         sql += " ORDER BY r.started, m.run_id, m.step"
         df = pd.read_sql_query(sql, self.conn, params=params)
         dtypes = {name: dtype for name, _, dtype in _RUN_EXPORT if dtype != "object"}
+        settings = ", ".join(q.name for q in quantities.run_settings())
         try:
             df = df.astype({**dtypes, **{c.name: c.dtype for c in MEASUREMENT_COLUMNS}})
         except (ValueError, TypeError):
             numeric = ["step", *(c for c in METRIC_COLUMNS if c not in missing)]
             raise not_a_number(self.conn, self.path, "measurements", numeric) or UserError(
                 f"results store {self.path} is damaged: its runs table holds a value that is "
-                "not a number where one belongs (method, rank or P)"
+                f"not a number where one belongs (method, rank or P; or in its config: {settings})"
             ) from None
         return df[list(EXPORT_COLUMNS)]
 

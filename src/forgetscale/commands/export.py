@@ -12,10 +12,12 @@ NAME = "export"
 HELP = "write the measurements of a results store as csv or parquet"
 DESCRIPTION = """\
 Write every measurement of a results store as one table, one row per (run, step),
-with the columns: run_id, method, rank, params_trained (P), step (N; 0 = the
-base model), finetune_loss (L_ft), forgetting_loss (L_f, hard), forgetting_loss_soft,
-kl, agreement, train_loss, tokens_seen, wall_s. This is the table `forgetscale fit`
-reads. Without --out the csv goes to stdout.
+with the columns: run_id, method, rank, params_trained (P), replay_fraction (p) and
+kl_weight (the run's config; 0 when it has none), step (N; 0 = the base model),
+finetune_loss (L_ft), forgetting_loss (L_f, hard), forgetting_loss_soft, kl,
+base_entropy, agreement, train_loss, tokens_seen, task_tokens_seen, replay_tokens_seen,
+train_kl, wall_s. This is the table `forgetscale fit` reads (the replay laws read p).
+Without --out the csv goes to stdout.
 """
 
 

@@ -11,11 +11,11 @@ NAME = "fit"
 HELP = "fit a scaling law (linear, additive, multiplicative, kalajdzievski, ...) to measured runs"
 DESCRIPTION = """\
 Fit a law to a table of measurements (CSV, parquet, or a results store .db with
-the export columns run_id, params_trained, step, finetune_loss, forgetting_loss,
-forgetting_loss_soft, kl, agreement) and print its parameters with bootstrap
-confidence intervals (whole runs are resampled), R^2 and RMSE on the loss scale,
-and, with --holdout, the error on points the fit never saw beside the in-sample
-error (held-out runs: largest-P; held-out steps: largest-N).
+the export columns run_id, params_trained, replay_fraction, step, finetune_loss,
+forgetting_loss, forgetting_loss_soft, kl, agreement) and print its parameters
+with bootstrap confidence intervals (whole runs are resampled), R^2 and RMSE on
+the loss scale, and, with --holdout, the error on points the fit never saw beside
+the in-sample error (held-out runs: largest-P; held-out steps: largest-N).
 
 laws:
   linear          L_f = s_f_ft - c_f_ft * L_ft                         (paper Eq. 4)
@@ -26,6 +26,10 @@ laws:
   linear_multiplicative
                   L_ft = E + A P^-alpha N^-beta and L_f = s_f_ft - c_f_ft * L_ft:
                   Eq. 4 through the L_ft law; fits both targets at once
+  replay_power    L_f = L0 + A N^beta / (1 + B p), p = replay_fraction
+                  (after Bethune et al. 2025; needs two or more values of p)
+  replay_multiplicative
+                  L_f = L0 + A (P/1e6)^alpha N^beta / (1 + B p)
   (+ for finetune_loss, which falls towards E; - for the forgetting targets
    forgetting_loss, forgetting_loss_soft, kl, disagreement, which rise)
 
@@ -42,6 +46,7 @@ examples:
   forgetscale fit --from results.db --law additive --target forgetting_loss --holdout largest-P
   forgetscale fit --from runs.csv --law multiplicative --target kl --holdout largest-N
   forgetscale fit --from runs.csv --law linear --json --save linear.json --plots figs/
+  forgetscale fit --from study/results.db --law replay_power --min-step 1
 """.format(targets="\n".join(f"  {t.name:<21} {t.help}" for t in TARGETS.values()))
 
 

@@ -329,7 +329,13 @@ class TrainConfig:
     @property
     def mitigated(self) -> bool:
         """Whether replay or the KL penalty changes the updates (off: the plain run)."""
-        return self.replay_fraction > 0 or self.kl_weight > 0
+        return bool(self.mitigations)
+
+    @property
+    def mitigations(self) -> tuple[str, ...]:
+        """The mitigations that change the updates: ``replay``, ``kl`` (none: the plain run)."""
+        on = (("replay", self.replay_fraction > 0), ("kl", self.kl_weight > 0))
+        return tuple(name for name, is_on in on if is_on)
 
     def check_splits(self) -> None:
         """A split other than ``train`` names one of an ``hf:`` data set: refused for a local

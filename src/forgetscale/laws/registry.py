@@ -36,8 +36,9 @@ from forgetscale import quantities
 from forgetscale.errors import UserError
 from forgetscale.quantities import Quantity
 
-#: Columns (from the export table of the results store) that laws may read.
-VARIABLE_COLUMNS: tuple[str, ...] = ("params_trained", "step", "finetune_loss", "replay_fraction")
+#: Columns (from the export table of the results store) that laws may read: the variables of
+#: :mod:`forgetscale.quantities` (P, N, the replay fraction p, the KL weight) and L_ft.
+VARIABLE_COLUMNS: tuple[str, ...] = (*(q.name for q in quantities.VARIABLES), "finetune_loss")
 
 
 Target = Quantity

@@ -162,8 +162,11 @@ def check_table(
     return FitData(run_id[keep], {k: v[keep] for k, v in cols.items()})
 
 
-#: Columns that hold one value per run (a run's method, rank and P never change).
-PER_RUN_COLUMNS: tuple[str, ...] = ("params_trained", "method", "rank")
+#: Columns that hold one value per run (a run's method, rank, P and the settings read from its
+#: config, the replay fraction and the KL weight, never change).
+PER_RUN_COLUMNS: tuple[str, ...] = (
+    "params_trained", "method", "rank", *(q.name for q in quantities.run_settings())
+)  # fmt: skip
 
 
 def _check_runs(df: pd.DataFrame, run_id: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:

@@ -10,7 +10,8 @@ file               what it holds
 ``results.db``     the run's own results store (one writer: the worker)
 ``log.txt``        the worker's log, appended to by every attempt
 ``progress.json``  the latest measured step, rewritten as the run goes on
-``status.json``    the run's verdict and timings, written last, once it stopped
+``status.json``    the run's verdict and timings (with what an update cost),
+                   written last, once it stopped
 ``worker.lock``    held by the worker working in the folder (see :func:`folder_busy`)
 ``checkpoints/``   the run's checkpoints (resumed from after an interruption)
 ``adapter/``       the trained adapter (or model), once the run finished
@@ -115,7 +116,15 @@ class RunFolder:
 
     def timings(self) -> dict[str, float]:
         """Where the run's time went (seconds per part), from its status; empty when none."""
-        return dict((self.status() or {}).get("timings") or {})
+        timings = (self.status() or {}).get("timings") or {}
+        return {k: v for k, v in timings.items() if isinstance(v, (int, float))}
+
+    def costs(self) -> dict[str, float]:
+        """What an update cost in the run's last call (its status's ``timings.per_update``:
+        task and replay tokens, KL positions and the KL term's seconds per update, step
+        seconds per update, the mitigations' setup seconds); empty when none."""
+        timings = (self.status() or {}).get("timings") or {}
+        return dict(timings.get("per_update") or {})
 
     def adapter(self) -> Path | None:
         """The trained adapter's folder, when the run saved one."""

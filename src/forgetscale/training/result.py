@@ -51,6 +51,8 @@ class TrainResult:
     """Replay tokens this call trained on (they take the place of task tokens in a batch)."""
     kl_positions: int = 0
     """Positions the KL penalty was taken on in this call."""
+    mitigations: tuple[str, ...] = ()
+    """The mitigations the run trains with: ``replay``, ``kl`` (none: a plain run)."""
 
     def summary(self) -> str:
         if self.status == "finished" and not self.measurements:
@@ -67,11 +69,31 @@ class TrainResult:
             )
         if self.wall_s:
             text += f"; {self.wall_s:.1f}s, evaluation {100 * self.eval_s / self.wall_s:.0f}%"
+        if self.mitigations and self.updates:
+            text += "; " + self.costs_text()
         return text + f"; results in {self.store}"
 
-    def timings(self) -> dict[str, float]:
+    def costs_text(self) -> str:
+        """What the mitigations cost per update in this call, in words: ``per update: 96 task
+        + 32 replay tokens, KL on 31 positions 0.7 ms, step 11.8 ms; mitigation setup 0.05s``."""
+        c = self.mitigation_costs()
+        text = f"per update: {c['task_tokens_per_update']:g} task"
+        if "replay" in self.mitigations:
+            text += f" + {c['replay_tokens_per_update']:g} replay"
+        text += " tokens"
+        if "kl" in self.mitigations:
+            text += (
+                f", KL on {c['kl_positions_per_update']:g} positions "
+                f"{1000 * c['kl_term_s_per_update']:.1f} ms"
+            )
+        text += f", step {1000 * c['step_s_per_update']:.1f} ms"
+        return text + f"; mitigation setup {c['mitigation_setup_s']:.2f}s"
+
+    def timings(self) -> dict[str, Any]:
         """Where this call's wall time went, in seconds (``setup`` is loading the model, the
-        data and the reference, before the first step)."""
+        data and the reference, before the first step), and under ``per_update`` what an
+        update cost (:meth:`mitigation_costs`: the baseline of a plain run, the cost of a
+        mitigated one). The run folder's ``status.json`` records them (``timings``)."""
         parts = {
             "steps": self.step_s,
             "eval_finetune": self.eval_finetune_s,
@@ -81,11 +103,13 @@ class TrainResult:
             "downstream": self.downstream_s,
             "mitigation_setup": self.mitigation_setup_s,
         }
-        return {"wall": self.wall_s, "setup": self.wall_s - sum(parts.values()), **parts}
+        setup = self.wall_s - sum(parts.values())
+        return {"wall": self.wall_s, "setup": setup, **parts, "per_update": self.mitigation_costs()}
 
     def mitigation_costs(self) -> dict[str, float]:
-        """What replay and the KL penalty cost per update in this call: replay tokens (in the
-        place of task tokens), KL positions, the KL term's forward seconds, step seconds."""
+        """What replay and the KL penalty cost per update in this call: task and replay tokens
+        (replay takes the place of task tokens), KL positions, the KL term's forward seconds,
+        step seconds, and the setup the mitigations added (seconds, once per call)."""
         n = max(self.updates, 1)
         return {
             "updates": self.updates,

@@ -423,6 +423,7 @@ class _Run:
             reference=str(self.reference_path),
             resumed_from=resumed_from,
             mitigation_setup_s=self.mitigation_setup_s,
+            mitigations=cfg.mitigations,
         )
         micro = cfg.batch_size // cfg.grad_accumulation
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
