@@ -193,18 +193,9 @@ def config_from_mapping(cls: type, values: Any, where: str) -> Any:
     an unknown key is refused naming the closest known ones, each value is typed by its
     field (:func:`coerce_value`; a list field takes a YAML list, not a string), then the
     class checks itself. Every problem is one :class:`UserError` naming ``where.key``."""
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
     if values is None:
         values = {}
-    if not isinstance(values, Mapping):
-        raise UserError(f"{where}: give a mapping of keys ({', '.join(names)}), got {values!r}")
-    unknown = [str(k) for k in values if k not in names]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(names)}{hint}"
-        )
+    check_mapping_keys(cls, values, where)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -216,6 +207,21 @@ def config_from_mapping(cls: type, values: Any, where: str) -> Any:
             raise UserError(f"{where}.{key} must be a list, got {value!r}")
         kwargs[key] = coerce_value(f"{where}.{key}", value, tp)
     return cls(**kwargs)
+
+
+def check_mapping_keys(cls: type, values: Any, where: str) -> None:
+    """``values`` (a block ``where`` of a file) is a mapping of keys of the config dataclass
+    ``cls``: else one :class:`UserError`, naming the known keys and the closest ones."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    if not isinstance(values, Mapping):
+        raise UserError(f"{where}: give a mapping of keys ({', '.join(names)}), got {values!r}")
+    unknown = [str(k) for k in values if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(names)}{hint}"
+        )
 
 
 def coerce_value(where: str, value: Any, tp: Any) -> Any:
