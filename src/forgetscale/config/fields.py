@@ -126,7 +126,13 @@ def check_type(name: str, value: Any, tp: Any) -> Any:
                 return check_type(name, value, arg)
             except UserError as exc:
                 errors.append(exc)
-        raise errors[0]
+        if len(options) == 1:
+            raise errors[0]
+        kinds = list(dict.fromkeys(_KINDS.get(typing.get_origin(a) or a, str(a)) for a in options))
+        if "a number" in kinds and "an integer" in kinds:
+            kinds.remove("an integer")
+        kinds = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+        raise UserError(f"{name} must be {kinds}, got {value!r}")
     if origin in (list, tuple, collections.abc.Sequence):
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise UserError(f"{name} must be a list, got {value!r}")
@@ -164,6 +170,18 @@ def check_type(name: str, value: Any, tp: Any) -> Any:
             raise UserError(f"{name} must be a string, got {value!r}")
         return value
     return value
+
+
+_KINDS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+    collections.abc.Sequence: "a list",
+    dict: "a mapping",
+}
 
 
 def _checkable(tp: Any) -> bool:
