@@ -1,7 +1,10 @@
-"""Helpers shared by the training tests: the shipped minimal config and tiny-model configs."""
+"""Helpers shared by the tests: the shipped minimal config and tiny-model configs, the check
+of a one-line refusal, a WAL store in a read-only folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from forgetscale.config import build_config
@@ -62,3 +65,50 @@ def one_line_error(
         assert captured.out == "", captured.out
     assert match in line, err
     return line
+
+
+WAL_NAME = "only in the wal"
+
+
+@contextmanager
+def read_only_wal_store(
+    db: Path,
+    fill: Callable[[Path], object],
+    last_write: str = f"UPDATE runs SET name = '{WAL_NAME}'",
+) -> Iterator[Path]:
+    """The store ``db`` in a folder nobody can write to, its last write still in its -wal file.
+
+    ``db``'s folder becomes a small tmpfs (the test is skipped without root to mount it);
+    ``fill(db)`` writes the store, then a process runs ``last_write`` and ends without the
+    checkpoint (as a killed writer does), the -shm is removed, and the folder is made read-only
+    (remounted, or mode 0o555 when not root). SQLite cannot make the -shm it needs to read
+    such a store, so a reader must read a private copy, the -wal's rows included."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    from filesystems import tmpfs
+
+    folder = db.parent
+    with tmpfs(folder, size="4m"):
+        fill(db)
+        code = (
+            "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('PRAGMA wal_autocheckpoint = 0'); "
+            "c.execute(sys.argv[2]); c.commit(); os._exit(0)"
+        )
+        subprocess.run([sys.executable, "-c", code, str(db), last_write], check=True)
+        Path(f"{db}-shm").unlink(missing_ok=True)
+        assert Path(f"{db}-wal").stat().st_size > 0
+        if os.geteuid() == 0:
+            proc = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot remount read-only: {proc.stderr.decode().strip()}")
+        else:
+            folder.chmod(0o555)
+        try:
+            yield db
+        finally:
+            if os.geteuid() != 0:
+                folder.chmod(0o755)

@@ -1,6 +1,7 @@
 """Small bad inputs, each one line and exit 2: a LoRA rank above a layer's width, a
 reference top-k beyond the vocabulary (named as the config names it), a reference given as a
-folder, a refusal record that does not say whether it is harmful."""
+folder, a refusal record that does not say whether it is harmful, a checkpoint or reference
+folder or a sweep folder that cannot be made."""
 
 from __future__ import annotations
 
@@ -61,6 +62,28 @@ def test_an_unmakeable_checkpoint_dir_is_one_line_and_no_run_is_recorded(workdir
     if (workdir / "results.db").exists():  # the store may exist; the run is not in it
         with open_store(workdir / "results.db", create=False) as store:
             assert store.list_runs() == []
+
+
+def test_an_unmakeable_reference_dir_is_one_line_and_no_run_is_recorded(workdir, capsys):
+    (workdir / "a-file").write_text("x")
+    one_line_error(capsys, ["train", "run.yaml", "--reference_dir=a-file/refs"], "reference_dir")
+    assert (workdir / "a-file").read_text() == "x"
+    assert not list(workdir.rglob("*.safetensors"))
+    if (workdir / "results.db").exists():  # the store may exist; the run is not in it
+        with open_store(workdir / "results.db", create=False) as store:
+            assert store.list_runs() == []
+
+
+def test_a_sweep_whose_folder_cannot_be_made_is_one_line_and_writes_nothing(workdir, capsys):
+    (workdir / "a-file").write_text("x")
+    (workdir / "s.yaml").write_text(
+        "base: ./run.yaml\nstore: ./a-file/sweep/results.db\ngrid: {rank: [1, 2]}\n"
+    )
+    before = sorted(p.name for p in workdir.iterdir())
+    for extra in ([], ["--dry-run"]):
+        one_line_error(capsys, ["sweep", "s.yaml", "--no-progress", *extra], "a-file")
+    assert (workdir / "a-file").read_text() == "x"
+    assert sorted(p.name for p in workdir.iterdir()) == before
 
 
 def test_a_sigtermed_train_is_marked_interrupted_not_running(workdir):

@@ -133,6 +133,32 @@ def test_reference_and_evaluate_never_replace_their_inputs(user_files, tmp_path,
     assert snapshot(*before) == before and not same.exists()
 
 
+def test_evaluate_never_writes_its_results_over_its_own_questions(tmp_path, capsys):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    before = snapshot(questions)
+    one_line_error(
+        capsys, ["evaluate", "--model", "tiny", "--suite", f"mc:{questions}", "--out", str(questions)],
+        f"is the input given to --suite mc:{questions}",
+    )  # fmt: skip
+    assert snapshot(questions) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
+def test_reference_never_replaces_a_fit(tmp_path, capsys):
+    corpus = tmp_path / "general.jsonl"
+    corpus.write_text('{"text": "a"}\n')
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"format": "forgetscale-fit/1", "law": "additive"}))
+    before = snapshot(fit, corpus)
+    one_line_error(
+        capsys, ["reference", "--model", "tiny", "--data", str(corpus), "--out", str(fit)],
+        "refusing to replace",
+    )  # fmt: skip
+    assert snapshot(fit, corpus) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "general.jsonl"]
+
+
 def test_evaluate_cache_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -183,6 +209,18 @@ def test_study_never_replaces_a_users_report(tmp_path, capsys):
     blocker.write_text("x")
     one_line_error(capsys, ["study", "quick", "--out", str(blocker), "--dry-run"], str(blocker))
     assert blocker.read_text() == "x"
+
+
+def test_study_never_replaces_a_users_report_html(tmp_path, capsys):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "report.html").write_text("<html><title>my notes</title></html>")
+    before = snapshot(out / "report.html")
+    one_line_error(
+        capsys, ["study", "quick", "--out", str(out), "--analyse-only"], "report.html exists"
+    )
+    assert snapshot(out / "report.html") == before
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
 
 
 def test_each_kind_recognises_its_own_files_only(tmp_path):

@@ -140,46 +140,69 @@ def test_a_wal_store_in_a_read_only_folder_is_read_by_runs_export_fit_and_compar
     checkpoint), in a folder nobody can write to: SQLite cannot make the -shm it needs to
     read it, so the readers read a private copy, the -wal's rows included; nothing is
     written beside the store."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from filesystems import tmpfs
+    from helpers import WAL_NAME, read_only_wal_store
     from study_data import make_store
 
     from forgetscale.cli import main
 
-    folder = tmp_path / "ro"
-    with tmpfs(folder, size="4m"):
-        db = folder / "results.db"
+    def fill(db):
         make_store(db, ranks=(1, 2, 4, 8), seeds={1: 2, 4: 2})
-        code = (
-            "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
-            "c.execute('PRAGMA wal_autocheckpoint = 0'); "
-            "c.execute(\"UPDATE runs SET name = 'only in the wal'\"); c.commit(); os._exit(0)"
-        )
-        subprocess.run([sys.executable, "-c", code, str(db)], check=True)
-        Path(f"{db}-shm").unlink(missing_ok=True)
-        assert Path(f"{db}-wal").stat().st_size > 0
-        if os.geteuid() == 0:
-            proc = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
-            if proc.returncode != 0:
-                pytest.skip(f"cannot remount read-only: {proc.stderr.decode().strip()}")
-        else:
-            folder.chmod(0o555)
+
+    with read_only_wal_store(tmp_path / "ro" / "results.db", fill) as db:
+        folder = db.parent
         before = sorted(p.name for p in folder.iterdir())
-        try:
-            assert main(["runs", "--from", str(db)]) == 0
-            assert "only in the wal" in capsys.readouterr().out
-            assert main(["export", "--from", str(db)]) == 0
-            capsys.readouterr()
-            for cmd in (["fit", "--law", "multiplicative"], ["compare"]):
-                rc = main([*cmd, "--from", str(db), "--target", "forgetting_loss"])
-                assert rc == 0, capsys.readouterr().err
-            with open_store(db, create=False) as st:
-                assert {r.name for r in st.list_runs()} == {"only in the wal"}
-            assert sorted(p.name for p in folder.iterdir()) == before
-        finally:
-            if os.geteuid() != 0:
-                folder.chmod(0o755)
+        assert main(["runs", "--from", str(db)]) == 0
+        assert WAL_NAME in capsys.readouterr().out
+        assert main(["export", "--from", str(db)]) == 0
+        capsys.readouterr()
+        for cmd in (["fit", "--law", "multiplicative"], ["compare"]):
+            rc = main([*cmd, "--from", str(db), "--target", "forgetting_loss"])
+            assert rc == 0, capsys.readouterr().err
+        with open_store(db, create=False) as st:
+            assert {r.name for r in st.list_runs()} == {WAL_NAME}
+        assert sorted(p.name for p in folder.iterdir()) == before
+
+
+SWEEP = "base: ./run.yaml\nstore: ./sweep/results.db\ngrid: {seed: [0, 1]}\n"
+
+
+def _started_sweep_runs(db):
+    """The sweep's two runs started (running) in its store ``db``."""
+    from forgetscale.sweep.spec import load_sweep
+
+    sweep = load_sweep("sweep.yaml")
+    with open_store(db) as st:
+        for run in sweep.runs:
+            st.start_run(run.run_id, run.config.to_dict(), method="lora", rank=4, params_trained=1)
+            st.add_measurement(run.run_id, 0, {"finetune_loss": 2.0, "forgetting_loss": 1.0})
+
+
+def test_sweep_dry_run_reads_a_wal_store_in_a_read_only_folder(workdir, capsys):
+    """The runs' last status is only in the -wal: the dry run reads it, and writes nothing."""
+    from helpers import read_only_wal_store
+
+    from forgetscale.cli import main
+
+    (workdir / "sweep.yaml").write_text(SWEEP)
+    last = "UPDATE runs SET status = 'finished'"
+    with read_only_wal_store(workdir / "sweep" / "results.db", _started_sweep_runs, last) as db:
+        before = sorted(p.name for p in db.parent.iterdir())
+        capsys.readouterr()
+        assert main(["sweep", "sweep.yaml", "--dry-run"]) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert out.splitlines()[-1] == "2 finished: nothing to run", out
+        assert sorted(p.name for p in db.parent.iterdir()) == before
+
+
+def test_study_analyse_only_in_a_read_only_folder_is_one_line(workdir, capsys):
+    """The report goes beside the store: a read-only study folder is refused before the store
+    is read, in one line; the -wal stays as it was."""
+    from helpers import one_line_error, read_only_wal_store
+
+    (workdir / "sweep.yaml").write_text(SWEEP)
+    with read_only_wal_store(workdir / "sweep" / "results.db", _started_sweep_runs) as db:
+        wal = db.with_name(db.name + "-wal")
+        before = {p.name: p.read_bytes() for p in db.parent.iterdir()}
+        one_line_error(capsys, ["study", "sweep.yaml", "--analyse-only"], "study folder")
+        assert {p.name: p.read_bytes() for p in db.parent.iterdir()} == before
+        assert wal.stat().st_size > 0

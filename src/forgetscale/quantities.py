@@ -53,6 +53,8 @@ class Quantity:
     None: neither (a count, a time)."""
     target: bool = False
     """A law may predict it (``fit --target``, a study's ``laws:``)."""
+    loss: bool = False
+    """One of the paper's losses (a cross-entropy): L_ft and the hard and soft L_f."""
     forgetting: bool = False
     """Filled by one forgetting evaluation (:class:`forgetscale.metrics.ForgettingResult`)."""
     later: bool = False
@@ -76,13 +78,13 @@ class Quantity:
 Q = Quantity
 QUANTITIES: tuple[Quantity, ...] = (
     Q("finetune_loss", "L_ft", "L_ft", "$L_{ft}$", "fine-tuning loss $L_{ft}$", NATS,
-      "L_ft: cross-entropy on held-out task data", "REAL", rises=False, target=True),
+      "L_ft: cross-entropy on held-out task data", "REAL", rises=False, target=True, loss=True),
     Q("forgetting_loss", "L_f", "L_f (hard)", "hard $L_f$", "hard forgetting loss $L_f$", NATS,
       "hard L_f: mean -log q(base's top-1 token)", "REAL", rises=True, target=True,
-      forgetting=True),
+      forgetting=True, loss=True),
     Q("forgetting_loss_soft", "L_f soft", "L_f (soft)", "soft $L_f$",
       "soft forgetting loss $L_f$", NATS, "soft L_f: mean cross-entropy p -> q", "REAL",
-      rises=True, target=True, forgetting=True),
+      rises=True, target=True, forgetting=True, loss=True),
     Q("kl", "KL", "KL", "KL", "KL(base || model)", NATS,
       "mean KL(base || model) (top-K + lumped tail)", "REAL", rises=True, target=True,
       forgetting=True),
@@ -151,8 +153,22 @@ def targets() -> tuple[Quantity, ...]:
     return tuple(q for q in QUANTITIES if q.target)
 
 
+def rising_targets() -> tuple[str, ...]:
+    """The targets that rise as the model forgets (the measures of forgetting), in order."""
+    return tuple(q.name for q in targets() if q.rises)
+
+
+def losses() -> tuple[str, ...]:
+    """The paper's losses (L_ft, hard L_f, soft L_f), in order."""
+    return tuple(q.name for q in QUANTITIES if q.loss)
+
+
+def forgetting_losses() -> tuple[str, ...]:
+    """The losses that measure forgetting: hard and soft L_f."""
+    return tuple(q.name for q in QUANTITIES if q.loss and q.rises)
+
+
 def summarised() -> tuple[str, ...]:
     """The targets a study summarises (step 0, the seed spread): those that rise with
     forgetting first, then the others."""
-    rising = [q.name for q in targets() if q.rises]
-    return (*rising, *(q.name for q in targets() if not q.rises))
+    return (*rising_targets(), *(q.name for q in targets() if not q.rises))

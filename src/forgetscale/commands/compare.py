@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from forgetscale.commands.fit import add_fit_data_arguments
+from forgetscale.config.fields import option_help
+from forgetscale.laws.options import FitOptions
 
 NAME = "compare"
 HELP = "rank laws on the same runs by held-out error"
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--starts",
         type=int,
         default=10,
-        help="L-BFGS-B starts per law, >= 1 (default: %(default)s)",
+        help=option_help(FitOptions, "n_starts") + ", per law (default: %(default)s)",
     )
     parser.add_argument(
         "--json",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from forgetscale.config.fields import option_help
+from forgetscale.laws.options import FitOptions
 from forgetscale.laws.registry import TARGETS
 
 NAME = "fit"
@@ -71,8 +73,7 @@ def add_fit_data_arguments(parser: argparse.ArgumentParser, holdout_default=None
         type=float,
         default=1,
         metavar="N0",
-        help="exclude steps < N0, N0 >= 0 (default: %(default)s, i.e. only the base model; "
-        "the paper used 50)",
+        help=option_help(FitOptions, "min_step") + " (default: %(default)s)",
     )
     parser.add_argument(
         "--holdout",
@@ -94,23 +95,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=100,
         metavar="B",
-        help="bootstrap resamples of whole runs for the CIs: 0 = none, or 2..100000 "
-        "(default: %(default)s)",
+        help=option_help(FitOptions, "n_boot") + " (default: %(default)s)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="bootstrap seed, >= 0 (default: %(default)s)"
+        "--seed",
+        type=int,
+        default=0,
+        help=option_help(FitOptions, "seed") + " (default: %(default)s)",
     )
     parser.add_argument(
         "--starts",
         type=int,
         default=10,
-        help="L-BFGS-B starts from the best grid points, >= 1 (default: %(default)s)",
+        help=option_help(FitOptions, "n_starts") + " (default: %(default)s)",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="processes for the bootstrap, >= 1 (default: all cores when it pays)",
+        help=option_help(FitOptions, "workers"),
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (NaN/inf as null, with notes)"

@@ -11,11 +11,13 @@ duplicate keys rather than silently taking the last.
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import difflib
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -40,23 +42,29 @@ def config_field(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
-def check_bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
-    """Numbers must be finite and inside the field's bounds (each item of a list)."""
-    items = value if isinstance(value, list) else [value]
+def check_bounds(name: str, value: Any, meta: Mapping[str, Any], *, symbols: bool = False) -> None:
+    """Numbers must be finite and inside the field's bounds (each item of a list).
+
+    The error says the bound in words (``at least 0``, ``positive``), as a config file's keys
+    are told, or with ``symbols`` as a command-line option's are (``>= 0``)."""
+    items = value if isinstance(value, list | tuple) else [value]
     for v in items:
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
         if not math.isfinite(v):
             raise UserError(f"{name} must be a finite number, got {v}")
-        for key, ok, words in (
-            ("gt", lambda a, b: a > b, "greater than"),
-            ("ge", lambda a, b: a >= b, "at least"),
-            ("lt", lambda a, b: a < b, "less than"),
-            ("le", lambda a, b: a <= b, "at most"),
+        for key, ok, words, sign in (
+            ("gt", lambda a, b: a > b, "greater than", ">"),
+            ("ge", lambda a, b: a >= b, "at least", ">="),
+            ("lt", lambda a, b: a < b, "less than", "<"),
+            ("le", lambda a, b: a <= b, "at most", "<="),
         ):
             if key in meta and not ok(v, meta[key]):
                 positive = (key, meta[key]) in (("gt", 0), ("ge", 1))
-                need = "positive" if positive else f"{words} {_number(meta[key])}"
+                if symbols:
+                    need = f"{sign} {_number(meta[key])}"
+                else:
+                    need = "positive" if positive else f"{words} {_number(meta[key])}"
                 raise UserError(f"{name} must be {need}, got {_number(v)}")
 
 
@@ -65,25 +73,135 @@ def _number(v: float) -> str:
     return str(v) if isinstance(v, int) else f"{v:g}"
 
 
-def check_field_values(obj: Any, where: str | None = None) -> None:
+def check_field_values(obj: Any, where: str | None = None, *, symbols: bool = False) -> None:
     """Every field of the config dataclass ``obj``: its ``choices`` and numeric bounds.
 
     An error names the field as ``where.name`` when ``where`` (a block of a file, such as
-    ``analysis``) is given, else by the field's ``flag`` metadata (``--min-step (min_step)``)
-    when it has one, else by its name."""
+    ``analysis``) is given, by its bare name when ``where`` is ``""`` (the caller says where
+    the value came from), else by the field's ``flag`` metadata (``--min-step (min_step)``)
+    when it has one, else by its name. ``symbols``: see :func:`check_bounds`."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         name = field_name(f, where)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise UserError(f"{name}={value!r} is not one of: {', '.join(map(str, choices))}")
-        check_bounds(name, value, f.metadata)
+        check_bounds(name, value, f.metadata, symbols=symbols)
+
+
+def check_fields(obj: Any, where: str | None = None, *, symbols: bool = False) -> None:
+    """Check every field of the config dataclass ``obj`` as it was given to its constructor
+    (the Python API: nothing is parsed from text here): its type (:func:`check_type`; the
+    checked value replaces the given one, so a numpy integer becomes an ``int``), a
+    ``nonempty`` string where the field says so, then its choices and bounds
+    (:func:`check_field_values`, which also says how an error names the field). Call it from
+    ``__post_init__``; every problem is one :class:`UserError`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        name = field_name(f, where)
+        value = check_type(name, getattr(obj, f.name), hints[f.name])
+        if f.metadata.get("nonempty") and isinstance(value, str) and not value.strip():
+            raise UserError(f"{name} must be a non-empty string, got {value!r}")
+        object.__setattr__(obj, f.name, value)
+    check_field_values(obj, where, symbols=symbols)
+
+
+def check_type(name: str, value: Any, tp: Any) -> Any:
+    """``value`` checked against the annotation ``tp`` without parsing text (a string is not a
+    number here: :func:`coerce_value` reads text). A numpy number or a whole float for an
+    ``int`` is accepted as the plain number; a bool is not a number. Annotations other than
+    ``int``, ``float``, ``str``, ``bool``, lists, tuples, dicts and unions of them (a class
+    of its own, ``Any``) are left to the config's own checks. Returns the checked value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if not all(_checkable(a) for a in options):
+            return value
+        errors = []
+        for arg in options:
+            try:
+                return check_type(name, value, arg)
+            except UserError as exc:
+                errors.append(exc)
+        if len(options) == 1:
+            raise errors[0]
+        kinds = list(dict.fromkeys(_KINDS.get(typing.get_origin(a) or a, str(a)) for a in options))
+        if "a number" in kinds and "an integer" in kinds:
+            kinds.remove("an integer")
+        kinds = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+        raise UserError(f"{name} must be {kinds}, got {value!r}")
+    if origin in (list, tuple, collections.abc.Sequence):
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise UserError(f"{name} must be a list, got {value!r}")
+        item = next((a for a in typing.get_args(tp) if a is not Ellipsis), Any)
+        items = [check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{name} must be a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        return {
+            check_type(name, k, key_tp): check_type(f"{name}.{k}", v, value_tp)
+            for k, v in value.items()
+        }
+    boolean = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
+    if tp is bool:
+        if boolean:
+            return bool(value)
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    if tp is int or tp is float:
+        kind = "an integer" if tp is int else "a number"
+        if boolean or not isinstance(value, numbers.Real):
+            raise UserError(f"{name} must be {kind}, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value}")
+        if type(value) not in (int, float):  # a numpy number
+            value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        if tp is int:
+            if value != int(value):
+                raise UserError(f"{name} must be an integer, got {value}")
+            return int(value)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+_KINDS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+    collections.abc.Sequence: "a list",
+    dict: "a mapping",
+}
+
+
+def _checkable(tp: Any) -> bool:
+    """Whether :func:`check_type` knows the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return all(_checkable(a) for a in typing.get_args(tp) if a is not type(None))
+    return tp in (int, float, str, bool, dict) or origin in (
+        list,
+        tuple,
+        dict,
+        collections.abc.Sequence,
+    )
 
 
 def field_name(f: dataclasses.Field, where: str | None = None) -> str:
-    """How an error names the field ``f``: ``where.name``, ``--flag (name)`` or ``name``."""
-    if where:
-        return f"{where}.{f.name}"
+    """How an error names the field ``f``: ``where.name``, ``name`` (``where`` is ``""``),
+    ``--flag (name)`` or ``name``."""
+    if where is not None:
+        return f"{where}.{f.name}" if where else f.name
     flag = f.metadata.get("flag")
     return f"{flag} ({f.name})" if flag else f.name
 
@@ -93,18 +211,9 @@ def config_from_mapping(cls: type, values: Any, where: str) -> Any:
     an unknown key is refused naming the closest known ones, each value is typed by its
     field (:func:`coerce_value`; a list field takes a YAML list, not a string), then the
     class checks itself. Every problem is one :class:`UserError` naming ``where.key``."""
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
     if values is None:
         values = {}
-    if not isinstance(values, Mapping):
-        raise UserError(f"{where}: give a mapping of keys ({', '.join(names)}), got {values!r}")
-    unknown = [str(k) for k in values if k not in names]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(names)}{hint}"
-        )
+    check_mapping_keys(cls, values, where)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -116,6 +225,21 @@ def config_from_mapping(cls: type, values: Any, where: str) -> Any:
             raise UserError(f"{where}.{key} must be a list, got {value!r}")
         kwargs[key] = coerce_value(f"{where}.{key}", value, tp)
     return cls(**kwargs)
+
+
+def check_mapping_keys(cls: type, values: Any, where: str) -> None:
+    """``values`` (a block ``where`` of a file) is a mapping of keys of the config dataclass
+    ``cls``: else one :class:`UserError`, naming the known keys and the closest ones."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    if not isinstance(values, Mapping):
+        raise UserError(f"{where}: give a mapping of keys ({', '.join(names)}), got {values!r}")
+    unknown = [str(k) for k in values if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(names)}{hint}"
+        )
 
 
 def coerce_value(where: str, value: Any, tp: Any) -> Any:
@@ -304,3 +428,14 @@ def fields_help(cls: type) -> str:
 def fields_help_dict(cls: type) -> dict[str, str]:
     """Each field of the config dataclass ``cls`` and its help line."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def option_help(cls: type, name: str) -> str:
+    """The ``--help`` line of the command-line option that sets field ``name`` of the config
+    dataclass ``cls``: its help text and its bounds (``>= 1, <= 10000``), ready for argparse
+    (``%`` escaped; the command appends its own default)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    bounds = [f"{sign} {_number(f.metadata[k])}" for k, sign in signs.items() if k in f.metadata]
+    text = f.metadata.get("help", "") + (f"; {', '.join(bounds)}" if bounds else "")
+    return text.replace("%", "%%")

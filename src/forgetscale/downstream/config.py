@@ -11,15 +11,21 @@
       limit: null               # every item
 
 Validated when constructed (unknown suites, bad steps and out-of-range numbers are
-refused with the key's name); :meth:`DownstreamConfig.from_dict` refuses unknown keys.
+refused with the key's name), as every config is (:mod:`forgetscale.config.fields`);
+:meth:`DownstreamConfig.from_dict` refuses unknown keys.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
+from forgetscale.config.fields import (
+    check_fields,
+    check_mapping_keys,
+    config_field,
+    fields_help_dict,
+)
 from forgetscale.downstream.registry import SuiteOptions, check_spec
 from forgetscale.errors import UserError
 
@@ -28,50 +34,57 @@ LAST = "last"
 
 @dataclass(frozen=True)
 class DownstreamConfig:
-    """Suites to run inside a training run and the steps to run them at."""
+    """Suites to run inside a training run and the steps to run them at.
 
-    suites: tuple[str, ...] = ()
-    """Suite specs (``probe``, ``refusal``, ``lm-eval:arc_easy``, ``mc:FILE.jsonl`` ...)."""
-    steps: tuple[int | str, ...] = (0, LAST)
-    """Steps at which to run them: integers >= 0 and/or ``"last"`` (the run's final step)."""
-    batch_size: int = 8
-    """Contexts per forward pass (scoring) or prompts per batch (generation)."""
-    max_new_tokens: int = 64
-    judge: str = "keyword"
-    limit: int | None = None
-    lm_eval_include: tuple[str, ...] = field(default_factory=tuple)
+    Each field carries its help text and bounds (:func:`~forgetscale.config.fields.config_field`),
+    checked when the config is made (:func:`~forgetscale.config.fields.check_fields`), beside
+    what only this block knows: the suites exist, the steps, the judge."""
+
+    suites: tuple[str, ...] = config_field(
+        (),
+        "suite specs to run (probe, refusal, lm-eval:arc_easy, mc:FILE.jsonl, ...; "
+        "`forgetscale evaluate --list-suites` names them)",
+    )
+    steps: tuple[int | str, ...] = config_field(
+        (0, LAST),
+        "steps at which to run them: integers >= 0 and/or 'last' (the run's final step)",
+    )
+    batch_size: int = config_field(
+        8, "contexts per forward pass (scoring) or prompts per batch (generation)", ge=1
+    )
+    max_new_tokens: int = config_field(64, "tokens generated per answer (generation suites)", ge=1)
+    judge: str = config_field(
+        "keyword", "who judges a refusal: keyword or classifier:MODEL[@LABEL]"
+    )
+    limit: int | None = config_field(None, "items per suite (unset: every item)", ge=1)
+    lm_eval_include: tuple[str, ...] = config_field(
+        (), "folders of extra lm-evaluation-harness task definitions"
+    )
 
     def __post_init__(self) -> None:
         prefix = "downstream"
-        suites = _as_tuple(self.suites, f"{prefix}.suites")
-        steps = _as_tuple(self.steps, f"{prefix}.steps")
-        include = _as_tuple(self.lm_eval_include, f"{prefix}.lm_eval_include")
-        object.__setattr__(self, "suites", suites)
-        object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "lm_eval_include", include)
-        for spec in suites:
+        for key in ("suites", "steps", "lm_eval_include"):  # one string is a list of one
+            object.__setattr__(self, key, _as_tuple(getattr(self, key), f"{prefix}.{key}"))
+        for spec in self.suites:
             if not isinstance(spec, str) or not spec.strip():
                 raise UserError(f"{prefix}.suites: each suite is a non-empty string, got {spec!r}")
             try:
                 check_spec(spec)
             except UserError as exc:
                 raise UserError(f"{prefix}.suites: {exc}") from None
-        if len(set(suites)) != len(suites):
+        if len(set(self.suites)) != len(self.suites):
             raise UserError(f"{prefix}.suites: a suite is named twice")
-        if suites and not steps:
+        if self.suites and not self.steps:
             raise UserError(f"{prefix}.steps: give at least one step (e.g. [0, last])")
-        for step in steps:
+        for step in self.steps:
             if step == LAST:
                 continue
             if isinstance(step, bool) or not isinstance(step, int) or step < 0:
                 raise UserError(
                     f"{prefix}.steps: each step is an integer >= 0 or 'last', got {step!r}"
                 )
-        _check_int(self.batch_size, f"{prefix}.batch_size", 1)
-        _check_int(self.max_new_tokens, f"{prefix}.max_new_tokens", 1)
-        if self.limit is not None:
-            _check_int(self.limit, f"{prefix}.limit", 1)
-        if not isinstance(self.judge, str) or not (
+        check_fields(self, prefix)
+        if not (
             self.judge == "keyword"
             or (self.judge.startswith("classifier:") and len(self.judge) > 11)
         ):
@@ -112,17 +125,13 @@ class DownstreamConfig:
         """From a config's ``downstream:`` mapping (None or {} means no suites)."""
         if data is None:
             return cls()
-        if not isinstance(data, dict):
-            raise UserError(
-                f"downstream: expected a mapping of suites/steps/..., got {type(data).__name__}"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"downstream: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        check_mapping_keys(cls, data, "downstream")
         return cls(**data)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Each key's help line."""
+        return fields_help_dict(cls)
 
 
 def _as_tuple(value: Any, key: str) -> tuple[Any, ...]:
@@ -131,12 +140,3 @@ def _as_tuple(value: Any, key: str) -> tuple[Any, ...]:
     if isinstance(value, list | tuple):
         return tuple(value)
     raise UserError(f"{key}: expected a list, got {type(value).__name__}")
-
-
-def _check_int(value: Any, key: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        raise UserError(f"{key}: expected an integer >= {low}, got {value!r}")
-    if value < low:
-        raise UserError(f"{key}: must be at least {low}, got {value}")

@@ -1,21 +1,22 @@
 """The options of a fit, checked when they are made, before any work.
 
-Every number a user gives ``fit``, ``compare``, ``predict`` or the Python API passes
-through :func:`check_number` or :func:`check_values`: finite, of the right kind, in
-its range, or a :class:`~forgetscale.errors.UserError` naming the option (its
-command-line flag and its Python name) and what is wrong.
+Every number a user gives ``fit``, ``compare``, ``predict`` or the Python API is a field of
+:class:`FitOptions` (its help, flag and bounds on the field, checked by the config machinery
+every config shares, :mod:`forgetscale.config.fields`) or passes through
+:func:`check_number` or :func:`check_values`: finite, of the right kind, in its range, or a
+:class:`~forgetscale.errors.UserError` naming the option (its command-line flag and its
+Python name) and what is wrong.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from forgetscale.config.fields import check_bounds, check_fields, check_type, config_field
 from forgetscale.errors import UserError
 from forgetscale.laws.objective import HUBER_DELTA
 from forgetscale.laws.table import Holdout
@@ -42,21 +43,9 @@ def check_number(
     ``minimum``/``maximum`` are inclusive, ``above`` is an exclusive lower bound;
     ``name`` is how the error names the input (e.g. ``"--min-step (min_step)"``).
     """
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise UserError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value}")
-    if integer:
-        if value != int(value):
-            raise UserError(f"{name} must be an integer, got {value}")
-        value = int(value)
-    if minimum is not None and value < minimum:
-        raise UserError(f"{name} must be >= {minimum:g}, got {value:g}")
-    if maximum is not None and value > maximum:
-        raise UserError(f"{name} must be <= {maximum:g}, got {value:g}")
-    if above is not None and value <= above:
-        raise UserError(f"{name} must be > {above:g}, got {value:g}")
+    value = check_type(name, value, int if integer else float)
+    bounds = {"ge": minimum, "le": maximum, "gt": above}
+    check_bounds(name, value, {k: v for k, v in bounds.items() if v is not None}, symbols=True)
     return value
 
 
@@ -77,64 +66,52 @@ def check_values(values: Any, name: str, *, above: float | None = None) -> np.nd
 class FitOptions:
     """How a law is fitted (``forgetscale fit``/``compare`` and :func:`fit_law`).
 
-    Attributes:
-        min_step: Exclude rows with ``step < min_step`` (>= 0). Power laws in N always
-            exclude step 0 (the base model, N = 0). The paper used 50.
-        holdout: Rows the fit never sees (:class:`~forgetscale.laws.table.Holdout`,
-            or ``largest-P``, ``largest-N``, run ids); the result reports the error on them.
-        n_boot: Bootstrap resamples of whole runs for confidence intervals (0 = none;
-            otherwise 2..``MAX_BOOTSTRAP``).
-        seed: Seed of the bootstrap resampling (0 .. 2**63 - 1).
-        n_starts: L-BFGS-B starts from the best grid points (``None`` = every grid point).
-        delta: Huber threshold on log residuals (> 0).
-        workers: Processes for the bootstrap (``None`` = automatic, 1 = serial).
+    Each field carries its help text, its command-line flag and its bounds
+    (:func:`~forgetscale.config.fields.config_field`); they are checked when the options are
+    made (:func:`~forgetscale.config.fields.check_fields`), and the commands' ``--help``
+    reads the same help text. In Python, ``n_starts=None`` starts from every grid point.
     """
 
-    min_step: float = 1
-    holdout: Holdout | str | Sequence[str] | None = None
-    n_boot: int = 0
-    seed: int = 0
-    n_starts: int | None = 10
-    delta: float = HUBER_DELTA
-    workers: int | None = None
+    min_step: float = config_field(
+        1,
+        "exclude steps below this (power laws in N always exclude step 0, the base model; "
+        "the paper used 50)",
+        flag="--min-step",
+        ge=0,
+    )
+    holdout: Holdout | str | Sequence[str] | None = config_field(
+        None,
+        "rows the fit never sees: largest-P, largest-N or run ids (a Holdout); the result "
+        "reports the error on them",
+        flag="--holdout",
+    )
+    n_boot: int = config_field(
+        0,
+        "bootstrap resamples of whole runs for the confidence intervals (0 = none, else at "
+        "least 2)",
+        flag="--bootstrap",
+        ge=0,
+        le=MAX_BOOTSTRAP,
+    )
+    seed: int = config_field(0, "bootstrap seed", flag="--seed", ge=0, le=MAX_SEED)
+    n_starts: int | None = config_field(
+        10,
+        "L-BFGS-B starts from the best grid points",
+        flag="--starts",
+        ge=1,
+        le=MAX_STARTS,
+    )
+    delta: float = config_field(HUBER_DELTA, "Huber threshold on log residuals", gt=0)
+    workers: int | None = config_field(
+        None,
+        "processes for the bootstrap (1 = serial; unset: all cores when it pays)",
+        flag="--workers",
+        ge=1,
+        le=MAX_WORKERS,
+    )
 
     def __post_init__(self) -> None:
-        fix = object.__setattr__
-        fix(self, "min_step", check_number(self.min_step, "--min-step (min_step)", minimum=0))
-        fix(self, "holdout", Holdout.parse(self.holdout))
-        n_boot = check_number(
-            self.n_boot, "--bootstrap (n_boot)", integer=True, minimum=0, maximum=MAX_BOOTSTRAP
-        )
-        if n_boot == 1:
+        check_fields(self, symbols=True)
+        if self.n_boot == 1:
             raise UserError("--bootstrap (n_boot) must be 0 (no intervals) or >= 2, got 1")
-        fix(self, "n_boot", n_boot)
-        fix(
-            self,
-            "seed",
-            check_number(self.seed, "--seed (seed)", integer=True, minimum=0, maximum=MAX_SEED),
-        )
-        if self.n_starts is not None:
-            fix(
-                self,
-                "n_starts",
-                check_number(
-                    self.n_starts,
-                    "--starts (n_starts)",
-                    integer=True,
-                    minimum=1,
-                    maximum=MAX_STARTS,
-                ),
-            )
-        fix(self, "delta", check_number(self.delta, "delta", above=0))
-        if self.workers is not None:
-            fix(
-                self,
-                "workers",
-                check_number(
-                    self.workers,
-                    "--workers (workers)",
-                    integer=True,
-                    minimum=1,
-                    maximum=MAX_WORKERS,
-                ),
-            )
+        object.__setattr__(self, "holdout", Holdout.parse(self.holdout))

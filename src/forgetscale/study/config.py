@@ -31,7 +31,10 @@ DEFAULT_LAWS: dict[str, list[str]] = {
 
 #: Targets in the order the report shows them: the paper's three quantities first, then the
 #: others a law may predict (:mod:`forgetscale.quantities`).
-_LEAD = ("forgetting_loss", "forgetting_loss_soft", "finetune_loss")
+_LEAD = (
+    *quantities.forgetting_losses(),
+    *(t for t in quantities.losses() if t not in quantities.forgetting_losses()),
+)
 _TARGETS = {q.name: q for q in quantities.targets()}
 TARGET_ORDER: tuple[str, ...] = (
     *(t for t in _LEAD if t in _TARGETS),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from forgetscale import quantities
 from forgetscale.study.config import METRICS, AnalysisConfig
 from forgetscale.study.fits import law_entry
 from forgetscale.study.frontier import figure_data as frontier_figure
@@ -114,7 +115,7 @@ def forgetting_vs_finetune(x: Inputs) -> Figure | None:
     if "finetune_loss" not in df.columns:
         return None
     panels = []
-    for t in (t for t in ("forgetting_loss", "forgetting_loss_soft") if t in df.columns):
+    for t in (t for t in quantities.forgetting_losses() if t in df.columns):
         if fitted[t].isna().all():
             continue
         law = next(
@@ -169,8 +170,7 @@ def forgetting_vs_finetune(x: Inputs) -> Figure | None:
 def losses_vs_steps(x: Inputs) -> Figure | None:
     """The losses against N per P with the shown law's curves (log axes)."""
     df = x.df
-    targets = [t for t in ("finetune_loss", "forgetting_loss", "forgetting_loss_soft")
-               if t in df.columns and not df[t].isna().all()]  # fmt: skip
+    targets = [t for t in quantities.losses() if t in df.columns and not df[t].isna().all()]
     if not targets:
         return None
     curves: dict[str, Any] = {}
@@ -242,8 +242,7 @@ def residuals(x: Inputs) -> Figure | None:
 def hard_vs_soft(x: Inputs) -> Figure | None:
     """Hard and soft L_f, KL and disagreement against N, step 0 included."""
     df = x.df
-    cols = [c for c in ("forgetting_loss", "forgetting_loss_soft", "kl", "disagreement")
-            if c in df.columns and not df[c].isna().all()]  # fmt: skip
+    cols = [c for c in quantities.rising_targets() if c in df.columns and not df[c].isna().all()]
     if not cols:
         return None
     return {

@@ -5,8 +5,8 @@ forgetting corpus (docs/design.md, "Exact definitions"). The runs that share a b
 and a forgetting setting share one reference file; :func:`build_references` finds or builds
 each of them with the run's own lookup (:func:`forgetscale.reference.reference_for_config`),
 so that every run finds its reference ready. The executor decides where this happens
-(:meth:`forgetscale.sweep.executors.base.Executor.build_references`): in the driver, or where
-the runs run (the local executor's first worker, a Ray task, a Slurm job), which calls
+(:meth:`forgetscale.sweep.executors.base.Executor.build_references`): where the runs run
+(the local executor's first worker, a Ray task, a Slurm job), which calls
 :func:`build_here` with the configs as plain data and sends back its answer.
 """
 

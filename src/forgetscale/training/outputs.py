@@ -37,6 +37,13 @@ def check_outputs(config: TrainConfig) -> None:
     if ck.exists() and not ck.is_dir():
         raise UserError(f"checkpoint_dir {ck} is a file, not a folder")
     check_folder(ck, what="checkpoint_dir")  # before the run is recorded: never left failed
+    if not config.reference:
+        from forgetscale.reference import reference_folder
+
+        refs = reference_folder(config)
+        if not refs.is_dir():  # a reference is built there: the folder must be makeable
+            what = "reference_dir" if config.reference_dir else "the references folder"
+            check_folder(refs, what=what)
     if not config.output_dir:
         return
     out = Path(config.output_dir)

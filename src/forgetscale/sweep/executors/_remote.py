@@ -1,5 +1,5 @@
 """What the Ray and Slurm executors share: finding this forgetscale from another process,
-recording which process trains a run folder, and checking option values."""
+recording which process trains a run folder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-
-from forgetscale.errors import UserError
 
 WORKER_FILE = "worker.json"
 
@@ -52,21 +50,3 @@ def note_worker(run_dir: str | os.PathLike[str], executor: str, **extra: Any) ->
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, path)
     return info
-
-
-def check_positive(name: str, value: Any, *, allow_none: bool = True, zero: bool = False) -> None:
-    """``name`` must be a positive number (or zero, or None where allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UserError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not zero):
-        raise UserError(f"{name} must be {'>= 0' if zero else 'positive'}, got {value!r}")
-
-
-def check_int(name: str, value: Any, *, allow_none: bool = True, zero: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name} must be an integer, got {value!r}")
-    check_positive(name, value, allow_none=allow_none, zero=zero)

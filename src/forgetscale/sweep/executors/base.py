@@ -1,8 +1,9 @@
 """The executor interface: how a sweep's runs get somewhere to run.
 
-The driver (``forgetscale.sweep.driver``) owns the sweep: it expands the grid, has the
-reference caches built once (:meth:`Executor.build_references`), writes one folder per run and merges finished folders into the
-sweep's results store. An executor only starts the worker for a run folder somewhere (a
+The driver (``forgetscale.sweep.driver``) owns the sweep: it expands the grid, asks the
+executor to have the reference caches built once, where the runs run
+(:meth:`Executor.build_references`), writes one folder per run and merges finished folders
+into the sweep's results store. An executor only starts the worker for a run folder somewhere (a
 local process, a Ray task, a Slurm job), tells the driver when it has stopped, and can
 cancel it. It never reads or writes the results store, and it never decides whether a
 run succeeded: the run folder says that (``status.json``, written by the worker).
@@ -66,13 +67,16 @@ class Finished:
 class Executor(abc.ABC):
     """Starts run workers and reports when they stop. One instance per sweep invocation.
 
-    ``Options`` is the executor's own frozen dataclass (fields with ``metadata={"help": ...}``,
-    validated in ``__post_init__``, raising :class:`forgetscale.errors.UserError`); its values
-    come from the sweep file's ``executor: {NAME: {...}}`` block with command-line flags on top.
-    Field ``FIELD`` is set on the command line as ``--NAME-FIELD=value`` (``--ray-address``);
-    ``metadata={"flag": "--workers"}`` names another flag for ``forgetscale sweep --help``
-    (the command itself knows ``--workers``). Values are typed by the field's annotation
-    (int, float, str, bool, list[...], X | None) before the dataclass is built.
+    ``Options`` is the executor's own frozen dataclass, made as every config is
+    (:mod:`forgetscale.config.fields`): fields by ``config_field`` with their help and bounds,
+    checked in ``__post_init__`` by ``check_fields(self, "", symbols=True)`` (fields named
+    bare: the caller says where a value came from) plus what only this executor knows,
+    raising :class:`forgetscale.errors.UserError`; its values come from the sweep file's
+    ``executor: {NAME: {...}}`` block with command-line flags on top. Field ``FIELD`` is set
+    on the command line as ``--NAME-FIELD=value`` (``--ray-address``); ``flag="--workers"``
+    names another flag for ``forgetscale sweep --help`` (the command itself knows
+    ``--workers``). Values are typed by the field's annotation (int, float, str, bool,
+    list[...], X | None) before the dataclass is built.
     The constructor must fail fast with one ``UserError`` line when the executor cannot work
     here (extra not installed: name the ``pip install "forgetscale[NAME]"`` command; cluster
     unreachable; no Slurm on the machine), before the driver starts anything.
@@ -86,16 +90,18 @@ class Executor(abc.ABC):
         self.sweep_dir = sweep_dir
 
     def start(self) -> None:  # noqa: B027 - optional
-        """Called once before the driver builds the references and dispatches: start what
-        takes a while (worker processes, a cluster connection) so it overlaps that work."""
+        """Called once before :meth:`build_references` and the first run: start what takes a
+        while (worker processes, a cluster connection) so it overlaps the driver's planning."""
 
     def build_references(
         self, configs: list[TrainConfig], resources: Resources, log: Callable[[str], None]
     ) -> None:
         """Find or build the reference cache of every run in ``configs`` before any run is
-        submitted (:func:`forgetscale.sweep.references.build_references`). By default in the
-        driver's own process; an executor may do it where the runs run, with the runs'
-        ``resources`` (:func:`forgetscale.sweep.references.build_here` there)."""
+        submitted (:func:`forgetscale.sweep.references.build_references`), where the runs
+        run and with their ``resources`` (:func:`forgetscale.sweep.references.build_here`
+        there): the local executor's first worker, a Ray task, a Slurm job. This default
+        builds them in the driver's own process, which only an executor that runs on the
+        driver's machine may keep (a login node does not load the model)."""
         from forgetscale.sweep.references import build_references
 
         build_references(configs, log)

@@ -21,10 +21,11 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from forgetscale.config.fields import check_fields, config_field
 from forgetscale.errors import UserError
 from forgetscale.sweep.executors.base import Executor, Finished, RunTask
 from forgetscale.sweep.folders import LOG
@@ -38,28 +39,24 @@ MAX_LOCAL_WORKERS = 256
 class Options:
     """Options of the local executor (``executor: {local: {...}}`` or flags)."""
 
-    workers: int | None = field(
-        default=None,
-        metadata={
-            "help": "worker processes, runs at once (default: one per GPU when there are "
-            "several, else 1 = one run after the other)",
-            "flag": "--workers",
-        },
+    workers: int | None = config_field(
+        None,
+        "worker processes, runs at once (default: one per GPU when there are several, else "
+        "1 = one run after the other)",
+        flag="--workers",
+        ge=1,
     )
-    threads: int | None = field(
-        default=None,
-        metadata={"help": "torch threads per worker (default: cores // workers)"},
+    threads: int | None = config_field(
+        None, "torch threads per worker (default: cores // workers)", ge=1
     )
-    gpus: list[int] | None = field(
-        default=None,
-        metadata={"help": "GPU indices to use (default: every GPU this process sees)"},
+    gpus: list[int] | None = config_field(
+        None, "GPU indices to use (default: every GPU this process sees)", ge=0
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "", symbols=True)
         for key in ("workers", "threads"):
             value = getattr(self, key)
-            if value is not None and value < 1:
-                raise UserError(f"{key} must be >= 1, got {value}")
             if value is not None and value > MAX_LOCAL_WORKERS:
                 why = (
                     "each worker is a process with its own copy of the model; more runs at "
@@ -70,8 +67,6 @@ class Options:
                 raise UserError(
                     f"{key} must be at most {MAX_LOCAL_WORKERS} on one machine, got {value} ({why})"
                 )
-        if self.gpus is not None and any(g < 0 for g in self.gpus):
-            raise UserError(f"gpus must be GPU indices >= 0, got {self.gpus}")
 
 
 def visible_gpus() -> list[str]:

@@ -17,18 +17,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgetscale.config.fields import check_fields, config_field
 from forgetscale.errors import UserError
-from forgetscale.sweep.executors._remote import (
-    WORKER_FILE,
-    check_int,
-    check_positive,
-    note_worker,
-    source_path,
-)
+from forgetscale.sweep.executors._remote import WORKER_FILE, note_worker, source_path
 from forgetscale.sweep.executors.base import Executor, Finished, Resources, RunTask
 from forgetscale.sweep.folders import LOG
 
@@ -40,72 +35,46 @@ class RayOptions:
     """Options of the ``ray`` executor (sweep file ``executor: {ray: {...}}``, or
     ``--ray-<option>`` on the command line)."""
 
-    address: str | None = field(
-        default=None,
-        metadata={
-            "help": "Ray cluster to run on: 'auto' (the cluster this machine belongs to, or "
-            "RAY_ADDRESS), HOST:PORT of its head node (GCS port, 6379 by default), or "
-            "ray://HOST:PORT (Ray Client). Unset: start a local Ray for this sweep and stop it "
-            "at the end."
-        },
+    address: str | None = config_field(
+        None,
+        "Ray cluster to run on: 'auto' (the cluster this machine belongs to, or RAY_ADDRESS), "
+        "HOST:PORT of its head node (GCS port, 6379 by default), or ray://HOST:PORT (Ray "
+        "Client). Unset: start a local Ray for this sweep and stop it at the end.",
     )
-    num_cpus: int | None = field(
-        default=None,
-        metadata={"help": "CPUs of the local Ray (unset: all of this machine's). Local Ray only."},
+    num_cpus: int | None = config_field(
+        None, "CPUs of the local Ray (unset: all of this machine's). Local Ray only.", ge=1
     )
-    num_gpus: int | None = field(
-        default=None,
-        metadata={"help": "GPUs of the local Ray (unset: those CUDA shows). Local Ray only."},
+    num_gpus: int | None = config_field(
+        None, "GPUs of the local Ray (unset: those CUDA shows). Local Ray only.", ge=0
     )
-    max_retries: int = field(
-        default=3,
-        metadata={
-            "help": "How many times a run whose worker died (killed, out of memory, node lost) "
-            "is started again; it resumes from its checkpoint."
-        },
+    max_retries: int = config_field(
+        3,
+        "How many times a run whose worker died (killed, out of memory, node lost) is started "
+        "again; it resumes from its checkpoint.",
+        ge=0,
     )
-    connect_timeout_s: float = field(
-        default=10.0,
-        metadata={"help": "Seconds to wait for the cluster's head node before giving up."},
+    connect_timeout_s: float = config_field(
+        10.0, "Seconds to wait for the cluster's head node before giving up.", gt=0
     )
-    threads: int | None = field(
-        default=None,
-        metadata={"help": "torch threads per run (unset: the run's cpus)."},
+    threads: int | None = config_field(None, "torch threads per run (unset: the run's cpus).", ge=1)
+    runtime_env: dict[str, Any] = config_field(
+        {},
+        "Ray runtime_env for the workers (e.g. {pip: [...]} or {env_vars: {...}}); "
+        "forgetscale's source folder, when it runs from one, is put first on PYTHONPATH.",
     )
-    runtime_env: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "Ray runtime_env for the workers (e.g. {pip: [...]} or {env_vars: {...}}); "
-            "forgetscale's source folder, when it runs from one, is put first on PYTHONPATH."
-        },
-    )
-    include_dashboard: bool = field(
-        default=False, metadata={"help": "Start Ray's dashboard with the local Ray."}
-    )
+    include_dashboard: bool = config_field(False, "Start Ray's dashboard with the local Ray.")
 
     def __post_init__(self) -> None:
-        if self.address is not None:
-            if not isinstance(self.address, str) or not self.address.strip():
-                raise UserError(f"ray address must be 'auto' or HOST:PORT, got {self.address!r}")
-            if self.address not in ("auto", "local"):
-                hostport = self.address.removeprefix("ray://")
-                host, sep, port = hostport.rpartition(":")
-                if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                    raise UserError(
-                        f"ray address must be 'auto', HOST:PORT or ray://HOST:PORT, "
-                        f"got {self.address!r}"
-                    )
-        check_int("ray num_cpus", self.num_cpus)
-        check_int("ray num_gpus", self.num_gpus, zero=True)
-        check_int("ray max_retries", self.max_retries, allow_none=False, zero=True)
-        check_positive("ray connect_timeout_s", self.connect_timeout_s, allow_none=False)
-        check_int("ray threads", self.threads)
-        if not isinstance(self.runtime_env, dict):
-            raise UserError(f"ray runtime_env must be a mapping, got {self.runtime_env!r}")
+        check_fields(self, "", symbols=True)
+        if self.address is not None and self.address not in ("auto", "local"):
+            hostport = self.address.removeprefix("ray://")
+            host, sep, port = hostport.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UserError(
+                    f"address must be 'auto', HOST:PORT or ray://HOST:PORT, got {self.address!r}"
+                )
         if self.address not in (None, "local") and (self.num_cpus or self.num_gpus is not None):
-            raise UserError(
-                "ray num_cpus/num_gpus size a local Ray; an existing cluster has its own"
-            )
+            raise UserError("num_cpus/num_gpus size a local Ray; an existing cluster has its own")
 
     @property
     def local(self) -> bool:

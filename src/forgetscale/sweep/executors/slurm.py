@@ -27,12 +27,13 @@ import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgetscale.config.fields import check_fields, config_field
 from forgetscale.errors import UserError
-from forgetscale.sweep.executors._remote import check_int, check_positive, note_worker, source_path
+from forgetscale.sweep.executors._remote import note_worker, source_path
 from forgetscale.sweep.executors.base import Executor, Finished, Resources, RunTask
 from forgetscale.sweep.folders import STATUS
 
@@ -65,105 +66,64 @@ class SlurmOptions:
     """Options of the ``slurm`` executor (sweep file ``executor: {slurm: {...}}``, or
     ``--slurm-<option>`` on the command line)."""
 
-    partition: str | None = field(
-        default=None, metadata={"help": "Slurm partition (unset: the cluster's default)."}
+    partition: str | None = config_field(
+        None, "Slurm partition (unset: the cluster's default).", nonempty=True
     )
-    account: str | None = field(default=None, metadata={"help": "sbatch --account."})
-    qos: str | None = field(default=None, metadata={"help": "sbatch --qos."})
-    time_limit_min: int | None = field(
-        default=None,
-        metadata={
-            "help": "Time limit of each job in minutes (unset: the sweep's resources, else 240). "
-            "A run that needs longer is requeued and resumes from its checkpoint."
-        },
+    account: str | None = config_field(None, "sbatch --account.", nonempty=True)
+    qos: str | None = config_field(None, "sbatch --qos.", nonempty=True)
+    time_limit_min: int | None = config_field(
+        None,
+        "Time limit of each job in minutes (unset: the sweep's resources, else 240). A run "
+        "that needs longer is requeued and resumes from its checkpoint.",
+        ge=1,
     )
-    cpus_per_run: int | None = field(
-        default=None, metadata={"help": "CPUs per job (unset: the sweep's resources)."}
+    cpus_per_run: int | None = config_field(
+        None, "CPUs per job (unset: the sweep's resources).", ge=1
     )
-    gpus_per_run: int | None = field(
-        default=None, metadata={"help": "GPUs per job (unset: the sweep's resources)."}
+    gpus_per_run: int | None = config_field(
+        None, "GPUs per job (unset: the sweep's resources).", ge=0
     )
-    mem_gb: float | None = field(
-        default=None,
-        metadata={
-            "help": "Memory per job in GB (unset: the sweep's resources, else Slurm's default)."
-        },
+    mem_gb: float | None = config_field(
+        None, "Memory per job in GB (unset: the sweep's resources, else Slurm's default).", gt=0
     )
-    array_parallelism: int = field(
-        default=64,
-        metadata={"help": "At most this many jobs of one array run at the same time."},
+    array_parallelism: int = config_field(
+        64, "At most this many jobs of one array run at the same time.", ge=1
     )
-    max_timeouts: int = field(
-        default=3,
-        metadata={"help": "How many times a job that reached its time limit is requeued."},
+    max_timeouts: int = config_field(
+        3, "How many times a job that reached its time limit is requeued.", ge=0
     )
-    signal_delay_s: int = field(
-        default=120,
-        metadata={
-            "help": "Seconds before the time limit at which Slurm warns the job (SIGUSR2) so that "
-            "it is requeued in time."
-        },
+    signal_delay_s: int = config_field(
+        120,
+        "Seconds before the time limit at which Slurm warns the job (SIGUSR2) so that it is "
+        "requeued in time.",
+        ge=0,
     )
-    additional_parameters: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "Other sbatch options, e.g. {constraint: a100, exclusive: true, "
-            "'mail-type': END}; they override the ones above."
-        },
+    additional_parameters: dict[str, str | int | float | bool] = config_field(
+        {},
+        "Other sbatch options, e.g. {constraint: a100, exclusive: true, 'mail-type': END}; "
+        "they override the ones above.",
     )
-    setup: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Shell lines run in each job before the run (e.g. 'module load cuda', "
-            "'source ~/venv/bin/activate')."
-        },
+    setup: list[str] = config_field(
+        [],
+        "Shell lines run in each job before the run (e.g. 'module load cuda', "
+        "'source ~/venv/bin/activate').",
     )
-    python: str | None = field(
-        default=None,
-        metadata={"help": "Python command on the compute nodes (unset: this interpreter)."},
+    python: str | None = config_field(
+        None, "Python command on the compute nodes (unset: this interpreter).", nonempty=True
     )
-    log_dir: str | None = field(
-        default=None,
-        metadata={"help": "Folder for the jobs' logs and scripts (unset: SWEEP_DIR/slurm)."},
+    log_dir: str | None = config_field(
+        None, "Folder for the jobs' logs and scripts (unset: SWEEP_DIR/slurm).", nonempty=True
     )
-    job_name: str = field(default="forgetscale", metadata={"help": "Slurm job name."})
-    poll_interval_s: float = field(
-        default=10.0,
-        metadata={"help": "Seconds between two looks at the queue (sacct/squeue)."},
+    job_name: str = config_field("forgetscale", "Slurm job name.", nonempty=True)
+    poll_interval_s: float = config_field(
+        10.0, "Seconds between two looks at the queue (sacct/squeue).", gt=0
     )
-    command_timeout_s: float = field(
-        default=20.0,
-        metadata={"help": "Seconds to wait for Slurm commands (sinfo, sacct) to answer."},
+    command_timeout_s: float = config_field(
+        20.0, "Seconds to wait for Slurm commands (sinfo, sacct) to answer.", gt=0
     )
 
     def __post_init__(self) -> None:
-        for name in ("partition", "account", "qos", "python", "log_dir"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise UserError(f"slurm {name} must be a non-empty string, got {value!r}")
-        if not isinstance(self.job_name, str) or not self.job_name.strip():
-            raise UserError(f"slurm job_name must be a non-empty string, got {self.job_name!r}")
-        check_int("slurm time_limit_min", self.time_limit_min)
-        check_int("slurm cpus_per_run", self.cpus_per_run)
-        check_int("slurm gpus_per_run", self.gpus_per_run, zero=True)
-        check_positive("slurm mem_gb", self.mem_gb)
-        check_int("slurm array_parallelism", self.array_parallelism, allow_none=False)
-        check_int("slurm max_timeouts", self.max_timeouts, allow_none=False, zero=True)
-        check_int("slurm signal_delay_s", self.signal_delay_s, allow_none=False, zero=True)
-        check_positive("slurm poll_interval_s", self.poll_interval_s, allow_none=False)
-        check_positive("slurm command_timeout_s", self.command_timeout_s, allow_none=False)
-        if not isinstance(self.additional_parameters, dict) or not all(
-            isinstance(k, str) and isinstance(v, str | int | float | bool)
-            for k, v in self.additional_parameters.items()
-        ):
-            raise UserError(
-                "slurm additional_parameters must map sbatch option names to values, got "
-                f"{self.additional_parameters!r}"
-            )
-        if not isinstance(self.setup, list | tuple) or not all(
-            isinstance(s, str) for s in self.setup
-        ):
-            raise UserError(f"slurm setup must be a list of shell lines, got {self.setup!r}")
+        check_fields(self, "", symbols=True)
 
 
 class SlurmReferences:
