@@ -3,14 +3,16 @@
 The step is the study's: the embedded default in bfloat16, rsLoRA r=8 on all linear modules,
 8 x 64 tokens, AdamW, gradient clipping (the same code as ``forgetscale train``'s update).
 One step is profiled with torch.profiler after two warm-up steps, once as a plain PEFT
-model ("plain") and once as ``forgetscale train`` sets the model up ("ours"; on a CPU
-without a native bfloat16 GEMM that routes the linear layers through a float32 GEMM,
-:mod:`forgetscale.kernels`). Every aten op's own time goes to one category:
+model ("plain") and once as ``forgetscale train`` sets the model up ("ours": the study's
+``torch_compile: true`` compiles the transformer blocks; on a CPU without a native bfloat16
+GEMM the linear layers go through a float32 GEMM, :mod:`forgetscale.kernels`). Every aten op's own time goes to one category:
 
 - base matmuls (the frozen weights), LoRA matmuls (an operand of width r), the output head
   (an operand of the vocabulary's width), attention (scaled dot-product, both directions),
   loss (cross-entropy), optimizer (AdamW, gradient clipping, zeroing), elementwise (all
-  other ops: norms, activations, residual adds, dtype casts, copies);
+  other ops: norms, activations, residual adds, dtype casts, copies), fused (compiled): the
+  kernels torch.compile generated for the blocks where the config sets ``torch_compile``
+  (they replace most of the elementwise ops);
 - dispatch/Python: the step's wall time not inside any aten op (Python, module calls,
   PEFT's wrappers, autograd bookkeeping, op dispatch).
 
@@ -36,6 +38,7 @@ CATEGORIES = (
     "loss",
     "optimizer",
     "elementwise",
+    "fused (compiled)",
     "dispatch/Python",
 )
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
@@ -67,6 +70,13 @@ def build(config, ours: bool):
         model = apply_method(model, config)
     if ours:
         use_float32_gemm(model)
+        if config.torch_compile:
+            import torch._inductor.config
+
+            from forgetscale.kernels import compile_blocks
+
+            torch._inductor.config.cpp.enable_kernel_profile = True  # its kernels by name
+            compile_blocks(model, torch.device("cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     return model, params, optimizer, make_scheduler(optimizer, config)
@@ -74,7 +84,7 @@ def build(config, ours: bool):
 
 def step(model, params, optimizer, scheduler, batch, max_grad_norm) -> list[float]:
     """One update as ``forgetscale train`` makes it (one host sync: loss and norm)."""
-    loss = model(input_ids=batch, labels=batch).loss
+    loss = model(input_ids=batch, labels=batch, use_cache=False).loss
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     values = torch.stack([loss.detach().float(), norm.float()]).tolist()
@@ -109,7 +119,7 @@ def profile_step(config, ours: bool, batches) -> tuple[float, dict[str, float], 
     model, params, optimizer, scheduler = build(config, ours)
     model.train()
     values = []
-    for batch in batches[:2]:  # warm-up
+    for batch in batches[:2]:  # warm-up (and compilation, where the config compiles)
         values.append(step(model, params, optimizer, scheduler, batch, config.max_grad_norm))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
@@ -120,6 +130,8 @@ def profile_step(config, ours: bool, batches) -> tuple[float, dict[str, float], 
     for event in prof.events():
         if event.name.startswith("aten::"):
             parts[_category(event, config.rank, vocab)] += event.self_cpu_time_total / 1e6
+        elif event.name.startswith("cpp_fused"):
+            parts["fused (compiled)"] += event.self_cpu_time_total / 1e6
     # profiler overhead inflates the op times a little; the rest of the wall time is Python
     scale = min(1.0, wall / max(sum(parts.values()), 1e-9))
     parts = {k: v * scale for k, v in parts.items()}

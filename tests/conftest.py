@@ -8,12 +8,17 @@ network. Models are a 2-layer Llama with hidden size 32.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 TINY_CONTEXT = 128
+
+# pytest captures log records at every level; torch.compile's structured trace logger would
+# then serialise each compiled graph into the capture (minutes in the compiled-run tests)
+logging.getLogger("torch.__trace").setLevel(logging.WARNING)
 
 
 def train_tiny_tokenizer(vocab_size: int = 320, seed_text_topics: int = 40):

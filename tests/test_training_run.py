@@ -79,8 +79,10 @@ def _train_cmd(cfg: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "forgetscale", "train", str(cfg), "--progress=false", *extra]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    """Really kill a training process mid-run, start it again, compare with an uninterrupted run."""
+@pytest.mark.parametrize("torch_compile", [False, True], ids=["eager", "compiled"])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, torch_compile):
+    """Really kill a training process mid-run, start it again, compare with an uninterrupted run
+    (eagerly and with compiled blocks: each process compiles again)."""
     from conftest import save_tiny_model_dir
 
     # a somewhat larger model so that the run lasts a few seconds after the first checkpoint
@@ -107,6 +109,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         "forgetting_max_tokens": 2048,
         "dropout": 0.1,  # uses the RNG during training: resume must restore it
         "seed": 7,
+        "torch_compile": torch_compile,
     }
     for name in ("a", "b"):
         (tmp_path / f"{name}.yaml").write_text(

@@ -10,11 +10,23 @@ the numbers differ from the reference loop's only by the float32 summation order
 order in which any two bfloat16 kernels already differ between CPUs).
 
 Where the CPU multiplies bfloat16 natively, and on accelerators, nothing changes.
+
+With ``torch_compile: true`` a run compiles its transformer blocks (:func:`compile_blocks`):
+the blocks share one class, so torch.compile traces and generates code for one block and
+every other block reuses it (regional compilation: seconds to a minute instead of a whole
+model's minutes). The compiled block fuses the elementwise work (norms, activations, rotary
+embedding, residual adds, PEFT's dtype casts) that an eager step spends most of its
+non-matmul time on; the matmuls stay torch's own. Evaluation runs eagerly
+(:func:`eager_evaluation`), so a measurement is computed exactly as the reference was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import types
+from collections.abc import Iterator
 from functools import cache
 
 import torch
@@ -71,3 +83,70 @@ def use_float32_gemm(model: nn.Module, *, even_with_native: bool = False) -> int
             module.forward = types.MethodType(_float32_linear, module)
         count += 1
     return count
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on ``device`` here, or None when it can."""
+    if not hasattr(torch, "compile") or not hasattr(torch.compiler, "set_stance"):
+        return f"torch {torch.__version__} has no torch.compile with stances"
+    if device.type == "cpu":
+        compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+        if not any(c and shutil.which(c) for c in compilers):
+            return "no C++ compiler (g++, c++, clang++ or $CXX) for torch.compile on the CPU"
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "no Triton for torch.compile on the GPU"
+    return f"torch.compile is not used on {device.type}"
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The model's stack of transformer blocks: the module list of two or more modules of
+    one class holding the most parameters (``model.layers`` of a Llama, ``h`` of a GPT-2)."""
+    best, best_size = None, 0
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = module, size
+    return best
+
+
+def compile_blocks(model: nn.Module, device: torch.device) -> tuple[int, str | None]:
+    """Compile each transformer block of ``model`` in place (``nn.Module.compile``: parameter
+    names, state dicts and checkpoints stay as they are). Returns (blocks compiled, why none
+    were). A block whose compilation fails later runs eagerly (dynamo's suppress_errors)."""
+    why = compile_unavailable(device)
+    if why is not None:
+        return 0, why
+    blocks = transformer_blocks(model)
+    if blocks is None:
+        return 0, "no stack of transformer blocks found to compile"
+    import torch._dynamo
+
+    # A run compiles afresh (its kernels come from the on-disk caches where an earlier run
+    # made them): what ran before in this process (another rank in a sweep's worker) must
+    # neither change this run's kernels (shapes made dynamic) nor use up dynamo's recompile
+    # limit, past which the blocks would silently run eagerly.
+    torch._dynamo.reset()
+    # every block shares one compiled code: its index (an int attribute) must not be a guard
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    torch._dynamo.config.suppress_errors = True
+    for block in blocks:
+        block.compile()
+    return len(blocks), None
+
+
+@contextlib.contextmanager
+def eager_evaluation() -> Iterator[None]:
+    """Run compiled modules eagerly inside the block (evaluation: computed as the reference
+    was, and no second compilation for inference)."""
+    if not hasattr(torch.compiler, "set_stance"):
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield

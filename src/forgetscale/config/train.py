@@ -73,6 +73,7 @@ LATER_KEYS: dict[str, Any] = {
     "replay_fraction": 0.0,
     "kl_weight": 0.0,
     "kl_data": "task",
+    "torch_compile": False,
 }
 
 # Fields that hold local paths (resolved against the config file's folder).
@@ -215,6 +216,13 @@ class TrainConfig:
     seed: int = _f(0, "Random seed (adapter init, data order, dropout).", ge=0)
     dtype: str = _f("float32", "Compute dtype: float32 or bfloat16.", choices=DTYPES)
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the backward pass.")
+    torch_compile: bool = _f(
+        False,
+        "Compile each transformer block once with torch.compile (regional compilation; on a "
+        "CPU it needs a C++ compiler) and train through the compiled blocks; evaluation stays "
+        "eager. Fuses the elementwise work, so the rounding differs from eager in the last "
+        "bits. Where compilation is unavailable the run says so and trains eagerly.",
+    )
 
     # --- mitigations: forget less (docs/train.md, "Forgetting less") -----------------------
     replay_data: str | None = _f(

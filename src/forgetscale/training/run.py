@@ -47,7 +47,7 @@ import torch
 from forgetscale.config import TrainConfig, build_config, load_config, parse_overrides
 from forgetscale.errors import DivergedError, UserError
 from forgetscale.finetune_data import RecordFields, load_task_data
-from forgetscale.kernels import use_float32_gemm
+from forgetscale.kernels import compile_blocks, eager_evaluation, use_float32_gemm
 from forgetscale.metrics import evaluate_forgetting, finetune_loss
 from forgetscale.models import count_parameters, load_model, resolve_device
 from forgetscale.reference import reference_folder, reference_for_config
@@ -276,6 +276,11 @@ class _Run:
             model = apply_method(model, cfg)
         self.model = model.to(self.device)
         use_float32_gemm(self.model)  # the method's new layers too
+        self.compiled_blocks = 0
+        if cfg.torch_compile:
+            self.compiled_blocks, why = compile_blocks(self.model, self.device)
+            if why is not None:
+                log(f"run {self.run_id}: torch_compile: {why}; training eagerly")
         self.counts = count_parameters(self.model)
         if self.counts.trainable == 0:
             raise UserError("the method left no parameter to train")
@@ -295,6 +300,8 @@ class _Run:
             what += f" r={cfg.rank} alpha={cfg.alpha:g}{' rslora' if cfg.rslora else ''}"
         if cfg.method in ("lora", "ia3"):
             what += f" on {cfg.target_modules}"
+        if self.compiled_blocks:
+            what += f", {self.compiled_blocks} blocks compiled (torch.compile)"
         log(
             f"run {self.run_id}: {what}; {self.counts.describe()}; "
             f"{len(data.train)} training and {len(self.heldout)} held-out "
@@ -434,7 +441,8 @@ class _Run:
             nonlocal latest_lf
             t0 = time.perf_counter()
             progress.wall_s = wall_base + t0
-            row = self._measure(step, progress, result)
+            with eager_evaluation():  # measured as the reference was (compiled runs too)
+                row = self._measure(step, progress, result)
             store.add_measurement(run_id, step, {k: v for k, v in row.items() if k != "step"})
             result.measurements.append(row)
             latest_lf = row["forgetting_loss"]
@@ -444,7 +452,8 @@ class _Run:
         def downstream(step: int) -> None:
             if step in ds_steps:
                 t0 = time.perf_counter()
-                self._run_downstream(store, step)
+                with eager_evaluation():
+                    self._run_downstream(store, step)
                 result.downstream_s += time.perf_counter() - t0
 
         bar = tqdm(
@@ -476,7 +485,9 @@ class _Run:
                 for m in range(cfg.grad_accumulation):
                     sub = plan.micro(m, micro)
                     ids, labels, mask = self.batches.get(sub)
-                    output = model(input_ids=ids, attention_mask=mask, labels=labels)
+                    output = model(
+                        input_ids=ids, attention_mask=mask, labels=labels, use_cache=False
+                    )
                     loss = output.loss / cfg.grad_accumulation
                     if penalty is not None:  # + lambda * KL(base || model), token mean per update
                         t_kl = time.perf_counter()
