@@ -3,8 +3,8 @@
 The step is the study's: the embedded default in bfloat16, rsLoRA r=8 on all linear modules,
 8 x 64 tokens, AdamW, gradient clipping (the same code as ``forgetscale train``'s update).
 One step is profiled with torch.profiler after two warm-up steps, once as a plain PEFT
-model ("plain") and once as ``forgetscale train`` sets the model up ("ours": the study's
-``torch_compile: true`` compiles the transformer blocks; on a CPU without a native bfloat16
+model ("plain") and once as ``forgetscale train`` sets the model up ("ours": with
+``--torch-compile`` its transformer blocks are compiled; on a CPU without a native bfloat16
 GEMM the linear layers go through a float32 GEMM, :mod:`forgetscale.kernels`). Every aten op's own time goes to one category:
 
 - base matmuls (the frozen weights), LoRA matmuls (an operand of width r), the output head
@@ -18,6 +18,7 @@ GEMM the linear layers go through a float32 GEMM, :mod:`forgetscale.kernels`). E
 
     python benchmarks/profile_train.py              # ours and plain
     python benchmarks/profile_train.py --only ours  # skip the (slow) plain one
+    python benchmarks/profile_train.py --torch-compile  # ours with compiled blocks
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ CATEGORIES = (
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
-def study_config():
-    """The default study's run config at rank 8."""
+def study_config(**overrides):
+    """The default study's run config at rank 8 (with ``overrides``)."""
     from forgetscale.config import build_config
     from forgetscale.study.runner import EXTRA_KEYS, study_file
     from forgetscale.sweep.spec import load_sweep
 
     sweep = load_sweep(study_file("default"), {}, extra_keys=EXTRA_KEYS)
     base = sweep.runs[0].config.to_dict()
-    return build_config({**base, "rank": 8, "seed": 0})
+    return build_config({**base, "rank": 8, "seed": 0, **overrides})
 
 
 def build(config, ours: bool):
@@ -142,12 +143,13 @@ def profile_step(config, ours: bool, batches) -> tuple[float, dict[str, float], 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("ours", "plain"), help="profile one setup only")
+    parser.add_argument("--torch-compile", action="store_true", help="ours with compiled blocks")
     args = parser.parse_args()
 
     from forgetscale.environment import cpu_name
     from forgetscale.kernels import native_bfloat16_gemm
 
-    config = study_config()
+    config = study_config(torch_compile=args.torch_compile)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 49152, (config.batch_size, config.block_size), generator=g)]
     batches *= 3
