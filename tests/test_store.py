@@ -206,3 +206,27 @@ def test_study_analyse_only_in_a_read_only_folder_is_one_line(workdir, capsys):
         one_line_error(capsys, ["study", "sweep.yaml", "--analyse-only"], "study folder")
         assert {p.name: p.read_bytes() for p in db.parent.iterdir()} == before
         assert wal.stat().st_size > 0
+
+
+def test_a_store_cut_short_before_its_schema_is_one_that_was_never_made(tmp_path):
+    """A worker killed between creating its store's file and committing the schema leaves an
+    empty SQLite file: the sweep's driver merges nothing from it (it used to stop the sweep
+    with 'is not a forgetscale results store')."""
+    import sqlite3
+
+    from forgetscale.store import ResultsStore
+
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert ResultsStore.never_made(empty)
+    bare = tmp_path / "bare.db"
+    sqlite3.connect(bare).execute("PRAGMA journal_mode = WAL").close()
+    assert ResultsStore.never_made(bare)
+    with ResultsStore(tmp_path / "real.db"):
+        pass
+    assert not ResultsStore.never_made(tmp_path / "real.db")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").close()
+    assert not ResultsStore.never_made(other)
+    with ResultsStore(bare) as store:  # making it later works as for a new file
+        assert store.measured_steps("r") == set()

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -459,6 +459,18 @@ class ResultsStore:
                 f"results store {self.path} is damaged: its downstream table holds a value "
                 "of the wrong type"
             ) from None
+
+    @staticmethod
+    def never_made(path: str | Path) -> bool:
+        """Whether ``path`` is a store whose making was cut short before its schema was
+        committed (its process killed: an empty SQLite file, no table): it holds nothing."""
+        try:
+            with closing(
+                sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+            ) as conn:
+                return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        except sqlite3.Error:
+            return False
 
     def merge_run(self, other: ResultsStore | str | Path, run_id: str) -> int:
         """Copy run ``run_id`` from the store ``other`` into this one; returns the measurements

@@ -115,7 +115,8 @@ class Driver:
     # -- merging ----------------------------------------------------------------------------
     def merge(self, store: Any, run: SweepRun) -> int:
         db = run.folder.store
-        if not db.is_file():
+        # a worker killed while it made the run's store left one with no table: nothing yet
+        if not db.is_file() or store.never_made(db):
             return 0
         return store.merge_run(db, run.run_id)
 
