@@ -196,31 +196,24 @@ def test_fit_plots_replace_only_their_own_figures(runs_csv, tmp_path, capsys):
     assert sorted(p.name for p in mine.iterdir()) == ["fit.json", "residuals.csv"]
 
 
-def test_study_never_replaces_a_users_report(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name, text",
+    [("report.json", '{"my": "notes"}'), ("report.html", "<html><title>my notes</title></html>")],
+)
+def test_study_never_replaces_a_users_report(tmp_path, capsys, name, text):
     out = tmp_path / "study"
     out.mkdir()
-    (out / "report.json").write_text('{"my": "notes"}')
-    before = snapshot(out / "report.json")
+    (out / name).write_text(text)
+    before = snapshot(out / name)
     one_line_error(
-        capsys, ["study", "quick", "--out", str(out), "--analyse-only"], "report.json exists"
+        capsys, ["study", "quick", "--out", str(out), "--analyse-only"], f"{name} exists"
     )
-    assert snapshot(out / "report.json") == before
+    assert snapshot(out / name) == before
+    assert sorted(p.name for p in out.iterdir()) == [name]
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     one_line_error(capsys, ["study", "quick", "--out", str(blocker), "--dry-run"], str(blocker))
     assert blocker.read_text() == "x"
-
-
-def test_study_never_replaces_a_users_report_html(tmp_path, capsys):
-    out = tmp_path / "study"
-    out.mkdir()
-    (out / "report.html").write_text("<html><title>my notes</title></html>")
-    before = snapshot(out / "report.html")
-    one_line_error(
-        capsys, ["study", "quick", "--out", str(out), "--analyse-only"], "report.html exists"
-    )
-    assert snapshot(out / "report.html") == before
-    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
 
 
 def test_each_kind_recognises_its_own_files_only(tmp_path):
