@@ -16,6 +16,7 @@ from study_data import P_PER_RANK, TRUE, analysed, law_value, make_store
 
 from forgetscale.errors import UserError
 from forgetscale.study.analysis import AnalysisConfig, analyse
+from forgetscale.study.checks import checks
 from forgetscale.study.config import DEFAULT_LAWS
 from forgetscale.study.fits import holdout_evaluation
 from forgetscale.study.predictions import default_ranks, params_per_rank
@@ -179,6 +180,67 @@ def test_noise_floor_step_zero_and_seed_spread():
     assert spread["label"] == "r=4" and spread["seeds"] == [0, 1]
     assert 0 < spread["summary"]["forgetting_loss"]["median"] < 0.05
     assert "seeds" in nf["text"] and "floor" in nf["text"]
+
+
+def _noise(spread, gap, step0=True, seeds=1):
+    spreads = (
+        []
+        if spread is None
+        else [{"summary": {"forgetting_loss": {"median": m, "max": 2 * m}}} for m in spread]
+    )
+    return {
+        "step0": [{"run_id": "a"}] if step0 else [],
+        "seed_spread": spreads,
+        "neighbour_gap": None
+        if gap is None
+        else {"step": 100, "min": gap, "median": 2 * gap, "seeds": seeds},
+    }
+
+
+@pytest.mark.parametrize(
+    "spread, gap, step0, seeds, passed, words",
+    [
+        ([0.01], 0.03, True, 1, True, "3x the seed spread 0.01 (told apart)"),
+        # the typical spread is the largest median over the configurations run with seeds
+        (
+            [0.004, 0.02],
+            0.03,
+            True,
+            1,
+            False,
+            "1.5x the seed spread 0.02 (not told apart: under 2x)",
+        ),
+        ([0.01], 0.02, True, 1, True, "2x the seed spread"),
+        # means over 4 seeds: the noise of their difference is the spread / 2
+        ([0.04], 0.03, True, 4, False, "1.5x the seed spread 0.04 / sqrt(4) (not told apart"),
+        ([0.02], 0.03, True, 4, True, "(means over 4 seeds), 3x the seed spread 0.02 / sqrt(4)"),
+        ([0.01], 0.03, True, 4, True, "6x the seed spread 0.01 / sqrt(4) (told apart)"),
+        (None, 0.03, True, 1, False, "no configuration run with two or more seeds"),
+        ([0.01], 0.03, False, 1, False, "step 0 measured for 0 run(s)"),
+        ([0.01], None, True, 1, None, "no two P to tell apart"),
+    ],
+)
+def test_noise_check_asks_that_neighbouring_ranks_are_told_apart(
+    spread, gap, step0, seeds, passed, words
+):
+    (noise_check,) = [
+        c for c in checks({}, _noise(spread, gap, step0, seeds), distinct_params=5)
+        if c["name"].startswith("noise floor")
+    ]  # fmt: skip
+    assert noise_check["passed"] is passed
+    assert words in noise_check["detail"]
+
+
+def test_noise_check_on_a_store_reads_the_noise_floor():
+    _, _, rep = analysed("good")
+    (c,) = [c for c in rep.checks if c["name"].startswith("noise floor")]
+    nf = rep.noise_floor
+    gap = nf["neighbour_gap"]
+    spread = nf["seed_spread"][0]["summary"]["forgetting_loss"]["median"]
+    ratio = gap["min"] / (spread / math.sqrt(gap["seeds"]))
+    assert gap["seeds"] == 1  # the good store has two seeds of one rank only
+    assert c["passed"] is (ratio >= 2)
+    assert f"{ratio:.2g}x the seed spread" in c["detail"]
 
 
 def test_report_data_is_strict_json_with_every_figure():

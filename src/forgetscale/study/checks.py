@@ -4,7 +4,9 @@
 - a law for L_f in P and N has no parameter on a bound and misses held-out runs and
   held-out steps by at most :data:`~forgetscale.study.config.EXTRAPOLATION_RATIO` times
   its in-sample error;
-- the noise floor is measured: the base's step-0 values and L_f over >= 2 seeds;
+- the noise floor is measured and small enough: the base's step-0 values, L_f over >= 2
+  seeds, and neighbouring P whose L_f (means over k seeds) differs by at least
+  :data:`~forgetscale.study.config.TOLD_APART_RATIO` times the seed spread / sqrt(k);
 - with replay arms (the mitigation study), the law of L_f in the replay fraction p is
   identified and misses every held-out strength by at most that ratio too.
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from forgetscale.study.config import EXTRAPOLATION_RATIO, LINEAR_R2
+from forgetscale.study.config import EXTRAPOLATION_RATIO, LINEAR_R2, TOLD_APART_RATIO
 from forgetscale.study.fits import held_out_ratios, uses_p_and_n
+from forgetscale.study.noise import told_apart_ratio, typical_spread
 from forgetscale.study.numbers import fmt, num
 
 
@@ -78,24 +81,51 @@ def checks(
             ),
         }
     )
-    seeds = [s for s in noise["seed_spread"] if "forgetting_loss" in s["summary"]]
-    out.append(
-        {
-            "name": "noise floor: the base's step-0 values and the spread of L_f over >= 2 seeds",
-            "passed": bool(noise["step0"]) and bool(seeds),
-            "detail": (
-                f"step 0 measured for {len(noise['step0'])} run(s); "
-                + (
-                    f"{len(seeds)} configuration(s) run with several seeds"
-                    if seeds
-                    else "no configuration run with two or more seeds"
-                )
-            ),
-        }
-    )
+    out.append(_noise_check(noise, distinct_params))
     if replay is not None and replay.get("params"):
         out.append(_replay_check(replay))
     return out
+
+
+def _noise_check(noise: Mapping[str, Any], distinct_params: int | None) -> dict[str, Any]:
+    """The base's step 0 measured, L_f over >= 2 seeds, and neighbouring P told apart: their
+    L_f (means over k seeds) at the last common step differs by >= TOLD_APART_RATIO x the
+    noise of such a difference, the seed spread / sqrt(k)."""
+    seeds = [s for s in noise["seed_spread"] if "forgetting_loss" in s["summary"]]
+    parts = [f"step 0 measured for {len(noise['step0'])} run(s)"]
+    if not seeds:
+        parts.append("no configuration run with two or more seeds")
+        told_apart: bool | None = False
+    else:
+        of = f" of {distinct_params}" if distinct_params else ""
+        parts.append(f"{len(seeds)}{of} configuration(s) run with several seeds")
+        spread = typical_spread(seeds)["forgetting_loss"]
+        gap = noise.get("neighbour_gap")
+        if gap is None:
+            parts.append("no two P to tell apart")
+            told_apart = None
+        else:
+            ratio = told_apart_ratio(gap, spread)
+            told_apart = ratio >= TOLD_APART_RATIO
+            k = gap["seeds"]
+            parts.append(
+                f"at step {gap['step']} neighbouring P differ in L_f by {fmt(gap['min'])} at least"
+                + (f" (means over {k} seeds)" if k > 1 else "")
+                + f", {fmt(ratio, 2)}x the seed spread {fmt(spread)}"
+                + (f" / sqrt({k})" if k > 1 else "")
+                + (
+                    " (told apart)"
+                    if told_apart
+                    else f" (not told apart: under {TOLD_APART_RATIO:g}x)"
+                )
+            )
+    passed = told_apart if noise["step0"] and seeds else False
+    return {
+        "name": "noise floor: the base's step-0 values, L_f over >= 2 seeds, and neighbouring P "
+        f"told apart (L_f differs by >= {TOLD_APART_RATIO:g}x the seed spread / sqrt(seeds))",
+        "passed": passed,
+        "detail": "; ".join(parts),
+    }
 
 
 def _replay_check(replay: Mapping[str, Any]) -> dict[str, Any]:

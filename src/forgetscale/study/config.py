@@ -49,6 +49,10 @@ METRICS: tuple[str, ...] = quantities.summarised()
 EXTRAPOLATION_RATIO = 2.0
 #: The R^2 the linear law L_f(L_ft) should reach.
 LINEAR_R2 = 0.9
+#: Neighbouring P are told apart when their L_f (means over k seeds) differs by at least this
+#: many times the noise of such a difference: the seed spread (the difference between two
+#: seeds at a typical step) / sqrt(k).
+TOLD_APART_RATIO = 2.0
 
 
 @dataclass(frozen=True)

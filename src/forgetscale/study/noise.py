@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forgetscale.study.config import METRICS
+from forgetscale.study.config import METRICS, TOLD_APART_RATIO
 from forgetscale.study.numbers import fmt, num
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,10 +111,16 @@ def noise_floor(
     fl = df[df["run_id"].isin(fitted_ids)]
     if len(fl) and "forgetting_loss" in fl:
         last = int(fl.groupby("run_id")["step"].max().min())
-        at = fl[fl["step"] == last].groupby("params_trained")["forgetting_loss"].mean()
+        grouped = fl[fl["step"] == last].groupby("params_trained")["forgetting_loss"]
+        at, seeds = grouped.mean(), grouped.count()
         if len(at) >= 2:
             d = np.abs(np.diff(at.sort_index().to_numpy()))
-            gaps = {"step": last, "min": float(d.min()), "median": float(np.median(d))}
+            gaps = {
+                "step": last,
+                "min": float(d.min()),
+                "median": float(np.median(d)),
+                "seeds": int(seeds.min()),  # the fewest runs averaged into one P's L_f
+            }
 
     spread_fl = [
         s["summary"]["forgetting_loss"] for s in spreads if "forgetting_loss" in s["summary"]
@@ -145,13 +151,18 @@ def noise_floor(
             "differences smaller than that are noise."
         )
         if gaps is not None:
-            ratio = gaps["min"] / med if med > 0 else math.inf
+            ratio = told_apart_ratio(gaps, med)
+            k = gaps["seeds"]
             text.append(
                 f"At step {gaps['step']} neighbouring P values differ in L_f by {fmt(gaps['min'])} "
-                f"at least ({fmt(ratio, 2)}x the seed spread)"
+                "at least"
+                + (f" (means over {k} seeds)" if k > 1 else "")
+                + f": {fmt(ratio, 2)}x the noise of such a difference (the seed spread"
+                + (f" / sqrt({k})" if k > 1 else "")
+                + ")"
                 + (
                     "."
-                    if ratio >= 2
+                    if ratio >= TOLD_APART_RATIO
                     else ": some neighbouring ranks are not told apart by these runs."
                 )
             )
@@ -170,6 +181,14 @@ def noise_floor(
 
 
 # -------------------------------------------------------------------- hard vs soft
+
+
+def told_apart_ratio(gap: dict[str, Any], spread: float) -> float:
+    """The smallest gap in L_f between neighbouring P (``noise_floor(...)["neighbour_gap"]``)
+    over the noise of such a gap: the seed ``spread`` (the difference between two runs that
+    differ only in the seed) divided by sqrt(k) where each P's L_f is a mean over k seeds."""
+    noise = spread / math.sqrt(gap["seeds"])
+    return gap["min"] / noise if noise > 0 else math.inf
 
 
 def typical_spread(seed_spread: list[dict[str, Any]]) -> dict[str, float]:
