@@ -24,6 +24,7 @@ Default config: the default study's run at rank 8 (embedded default, bfloat16, r
 all-linear, 8 x 64 tokens, its evaluation schedule).
 
     python benchmarks/bench_train.py                            # the default study's shapes
+    python benchmarks/bench_train.py --no-torch-compile           # the same, eager
     python benchmarks/bench_train.py --config configs/smollm2-lora.yaml --steps 10
     python benchmarks/bench_train.py --torch-compile --steps 20    # compiled blocks
 
@@ -136,7 +137,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="update steps per timed run")
     parser.add_argument("--repeats", type=int, default=1, help="plain/ours alternations")
     parser.add_argument(
-        "--torch-compile", action="store_true", help="ours with torch_compile: true"
+        "--torch-compile",
+        action=argparse.BooleanOptionalAction,
+        help="ours with torch_compile: true (--no-torch-compile: eager; default: the config's)",
     )
     args = parser.parse_args()
 
@@ -149,8 +152,8 @@ def main() -> int:
     from forgetscale.training.optim import batch_indices
 
     base = load_config(args.config) if args.config else build_config(study_config())
-    if args.torch_compile:
-        base = build_config({**base.to_dict(), "torch_compile": True})
+    if args.torch_compile is not None:
+        base = build_config({**base.to_dict(), "torch_compile": args.torch_compile})
     what = args.config or "the default study's run at rank 8"
     if base.method != "lora" or base.optimizer != "adamw" or base.grad_accumulation != 1:
         sys.exit("the plain baseline is a LoRA + AdamW loop without accumulation")

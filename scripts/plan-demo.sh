@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pilot -> plan -> check on the embedded default, offline on a CPU:
-#   1. the pilot: the default study (ranks 1, 3, 8, 24, 64, 150 steps; resumed or only
+#   1. the pilot: the default study (ranks 1, 3, 8, 24, 64, two seeds, 100 steps; resumed or only
 #      re-analysed if ./forgetscale-study already holds it),
 #   2. the plan: the rank (4, 16, 32 or 128: none of them in the pilot) and steps (100, 200
 #      or 300) with the lowest predicted L_ft whose L_f stays within 1.15 of the base's at

@@ -210,7 +210,7 @@ def between_machines(r: StudyReport) -> str:
             "In bfloat16 every measured figure (L_ft, L_f, KL, agreement) and every fitted "
             "parameter moves between machines in the third decimal: CPUs multiply bfloat16 "
             "with different kernels (native on AVX-512 BF16 or AMX, through float32 where "
-            "neither exists), which round in a different order (the default study's rank-8 "
+            "neither exists), which round in a different order (an earlier default study's rank-8 "
             "L_f at step 150 was 2.1926 on an AMD EPYC and 2.1989 on an Intel Xeon). "
         )
     else:
