@@ -146,3 +146,30 @@ def test_a_compiled_run_gives_the_same_numbers_after_other_runs_in_its_process(w
     assert [[r[k] for k in keys] for r in again.measurements] == [
         [r[k] for k in keys] for r in first.measurements
     ]
+
+
+def test_compiled_blocks_train_with_plain_attention_on_the_cpu_and_evaluate_with_their_own():
+    """On the CPU the compiled blocks attend with transformers' plain attention (faster than
+    the fused kernel's backward at short sequences); evaluation switches the model back to
+    its own attention, so its logits are the uncompiled model's, bit for bit."""
+    from forgetscale.kernels import compile_blocks, eager_evaluation
+
+    torch.manual_seed(0)
+    model = _lora(make_tiny_model(64))
+    reference = _lora(make_tiny_model(64))
+    reference.load_state_dict(model.state_dict())
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+    compiled, why = compile_blocks(model, torch.device("cpu"))
+    assert compiled == 2 and why is None
+    assert model.config._attn_implementation == "eager"  # training attends plainly
+    with eager_evaluation(model), torch.no_grad():
+        assert model.config._attn_implementation == "sdpa"
+        assert torch.equal(model(input_ids=ids).logits, expected)
+    assert model.config._attn_implementation == "eager"
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss  # a compiled training pass with it
+    loss.backward()
+    assert torch.isfinite(loss)

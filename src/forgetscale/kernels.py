@@ -16,8 +16,13 @@ the blocks share one class, so torch.compile traces and generates code for one b
 every other block reuses it (regional compilation: seconds to a minute instead of a whole
 model's minutes). The compiled block fuses the elementwise work (norms, activations, rotary
 embedding, residual adds, PEFT's dtype casts) that an eager step spends most of its
-non-matmul time on; the matmuls stay torch's own. Evaluation runs eagerly
-(:func:`eager_evaluation`), so a measurement is computed exactly as the reference was.
+non-matmul time on; the matmuls stay torch's own. On the CPU the compiled blocks attend with
+transformers' plain matmul-softmax-matmul attention instead of the fused scaled-dot-product
+kernel: at the study's short sequences (64 tokens) the fused kernel's backward spends 6.5 ms
+a block where the compiled plain attention (two batched matmuls, the softmax fused) spends
+about 2 (benchmarks/profile_train.py), and both compute softmax(QK^T/sqrt(d))V with a float32
+softmax. Evaluation runs eagerly with the model's own attention (:func:`eager_evaluation`),
+so a measurement is computed exactly as the reference was.
 """
 
 from __future__ import annotations
@@ -116,16 +121,40 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
     return best
 
 
+def _attention_owner(model: nn.Module) -> nn.Module | None:
+    """The transformers model inside ``model`` (a PEFT wrapper, or itself) whose attention
+    implementation can be switched, or None."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and hasattr(module, "set_attn_implementation"):
+            return module
+    return None
+
+
+# the attention the compiled blocks train with on the CPU, and the model's own (for evaluation)
+_COMPILED_CPU_ATTENTION = "eager"  # transformers' name for its plain matmul-softmax attention
+_OWN_ATTENTION = "_forgetscale_own_attention"
+
+
 def compile_blocks(model: nn.Module, device: torch.device) -> tuple[int, str | None]:
     """Compile each transformer block of ``model`` in place (``nn.Module.compile``: parameter
     names, state dicts and checkpoints stay as they are). Returns (blocks compiled, why none
-    were). A block whose compilation fails later runs eagerly (dynamo's suppress_errors)."""
+    were). A block whose compilation fails later runs eagerly (dynamo's suppress_errors).
+    On the CPU a model attending with scaled-dot-product attention trains with the plain
+    attention (the module docstring says why); :func:`eager_evaluation` switches it back."""
     why = compile_unavailable(device)
     if why is not None:
         return 0, why
     blocks = transformer_blocks(model)
     if blocks is None:
         return 0, "no stack of transformer blocks found to compile"
+    owner = _attention_owner(model)
+    if device.type == "cpu" and owner is not None:
+        own = getattr(owner.config, "_attn_implementation", None)
+        if own == "sdpa":
+            owner.set_attn_implementation(_COMPILED_CPU_ATTENTION)
+            setattr(model, _OWN_ATTENTION, own)
     import torch._dynamo
 
     # A run compiles afresh (its kernels come from the on-disk caches where an earlier run
@@ -142,11 +171,17 @@ def compile_blocks(model: nn.Module, device: torch.device) -> tuple[int, str | N
 
 
 @contextlib.contextmanager
-def eager_evaluation() -> Iterator[None]:
-    """Run compiled modules eagerly inside the block (evaluation: computed as the reference
-    was, and no second compilation for inference)."""
-    if not hasattr(torch.compiler, "set_stance"):
-        yield
-        return
-    with torch.compiler.set_stance("force_eager"):
+def eager_evaluation(model: nn.Module | None = None) -> Iterator[None]:
+    """Run compiled modules eagerly inside the block, and ``model`` with its own attention
+    where :func:`compile_blocks` switched it for training (evaluation: computed as the
+    reference was, and no second compilation for inference)."""
+    own = None if model is None else getattr(model, _OWN_ATTENTION, None)
+    owner = None if own is None else _attention_owner(model)
+    with contextlib.ExitStack() as stack:
+        if hasattr(torch.compiler, "set_stance"):
+            stack.enter_context(torch.compiler.set_stance("force_eager"))
+        if owner is not None:
+            training = owner.config._attn_implementation
+            owner.set_attn_implementation(own)
+            stack.callback(owner.set_attn_implementation, training)
         yield

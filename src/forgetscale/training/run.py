@@ -441,7 +441,7 @@ class _Run:
             nonlocal latest_lf
             t0 = time.perf_counter()
             progress.wall_s = wall_base + t0
-            with eager_evaluation():  # measured as the reference was (compiled runs too)
+            with eager_evaluation(model):  # measured as the reference was (compiled runs too)
                 row = self._measure(step, progress, result)
             store.add_measurement(run_id, step, {k: v for k, v in row.items() if k != "step"})
             result.measurements.append(row)
@@ -452,7 +452,7 @@ class _Run:
         def downstream(step: int) -> None:
             if step in ds_steps:
                 t0 = time.perf_counter()
-                with eager_evaluation():
+                with eager_evaluation(model):
                     self._run_downstream(store, step)
                 result.downstream_s += time.perf_counter() - t0
 
