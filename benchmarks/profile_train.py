@@ -8,7 +8,8 @@ model ("plain") and once as ``forgetscale train`` sets the model up ("ours": wit
 GEMM the linear layers go through a float32 GEMM, :mod:`forgetscale.kernels`). Every aten op's own time goes to one category:
 
 - base matmuls (the frozen weights), LoRA matmuls (an operand of width r), the output head
-  (an operand of the vocabulary's width), attention (scaled dot-product, both directions),
+  (an operand of the vocabulary's width), attention (scaled dot-product, both directions;
+  in compiled blocks on the CPU, the plain attention's batched matmuls),
   loss (cross-entropy), optimizer (AdamW, gradient clipping, zeroing), elementwise (all
   other ops: norms, activations, residual adds, dtype casts, copies), fused (compiled): the
   kernels torch.compile generated for the blocks where the config sets ``torch_compile``
@@ -104,6 +105,8 @@ def _category(event, rank: int, vocab: int) -> str:
         parent = parent.cpu_parent
     if any(n.startswith("Optimizer.") for n in chain) or name.startswith("aten::_foreach"):
         return "optimizer"
+    if name in ("aten::bmm", "aten::baddbmm"):  # batched: only attention's QK^T and PV
+        return "attention"
     if name in MATMULS:
         dims = {d for shape in event.input_shapes for d in shape}
         if vocab in dims:
@@ -131,7 +134,7 @@ def profile_step(config, ours: bool, batches) -> tuple[float, dict[str, float], 
     for event in prof.events():
         if event.name.startswith("aten::"):
             parts[_category(event, config.rank, vocab)] += event.self_cpu_time_total / 1e6
-        elif event.name.startswith("cpp_fused"):
+        elif "cpp_fused" in event.name:  # graph_<n>_cpp_fused_... (with kernel profiling)
             parts["fused (compiled)"] += event.self_cpu_time_total / 1e6
     # profiler overhead inflates the op times a little; the rest of the wall time is Python
     scale = min(1.0, wall / max(sum(parts.values()), 1e-9))
