@@ -144,5 +144,5 @@ def test_the_built_in_studies_are_valid(workdir, capsys):
     for name in ("default", "quick", "mitigation"):
         assert main(["study", name, "--dry-run", "--out", "x"]) == 0
     out = capsys.readouterr().out
-    assert "sweep default: 10 runs" in out and "sweep quick: 4 runs" in out
+    assert "sweep default: 8 runs" in out and "sweep quick: 4 runs" in out
     assert "sweep mitigation: 9 runs" in out
