@@ -19,6 +19,7 @@ from forgetscale.study.analysis import AnalysisConfig, analyse
 from forgetscale.study.checks import checks
 from forgetscale.study.config import DEFAULT_LAWS
 from forgetscale.study.fits import holdout_evaluation
+from forgetscale.study.noise import judge_gap, typical_spread
 from forgetscale.study.predictions import default_ranks, params_per_rank
 
 # ------------------------------------------------------------------------- the config
@@ -188,12 +189,13 @@ def _noise(spread, gap, step0=True, seeds=1):
         if spread is None
         else [{"summary": {"forgetting_loss": {"median": m, "max": 2 * m}}} for m in spread]
     )
+    gaps = None if gap is None else {"step": 100, "min": gap, "median": 2 * gap, "seeds": seeds}
+    if gaps is not None and spreads:  # as noise_floor judges it
+        gaps = judge_gap(gaps, typical_spread(spreads)["forgetting_loss"])
     return {
         "step0": [{"run_id": "a"}] if step0 else [],
         "seed_spread": spreads,
-        "neighbour_gap": None
-        if gap is None
-        else {"step": 100, "min": gap, "median": 2 * gap, "seeds": seeds},
+        "neighbour_gap": gaps,
     }
 
 
@@ -239,7 +241,8 @@ def test_noise_check_on_a_store_reads_the_noise_floor():
     spread = nf["seed_spread"][0]["summary"]["forgetting_loss"]["median"]
     ratio = gap["min"] / (spread / math.sqrt(gap["seeds"]))
     assert gap["seeds"] == 1  # the good store has two seeds of one rank only
-    assert c["passed"] is (ratio >= 2)
+    assert gap["ratio"] == pytest.approx(ratio) and gap["spread"] == spread
+    assert c["passed"] is (ratio >= 2) is gap["told_apart"]
     assert f"{ratio:.2g}x the seed spread" in c["detail"]
 
 

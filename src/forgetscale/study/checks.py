@@ -20,7 +20,7 @@ from typing import Any
 
 from forgetscale.study.config import EXTRAPOLATION_RATIO, LINEAR_R2, TOLD_APART_RATIO
 from forgetscale.study.fits import held_out_ratios, uses_p_and_n
-from forgetscale.study.noise import told_apart_ratio, typical_spread
+from forgetscale.study.noise import gap_words, ratio_words
 from forgetscale.study.numbers import fmt, num
 
 
@@ -99,20 +99,16 @@ def _noise_check(noise: Mapping[str, Any], distinct_params: int | None) -> dict[
     else:
         of = f" of {distinct_params}" if distinct_params else ""
         parts.append(f"{len(seeds)}{of} configuration(s) run with several seeds")
-        spread = typical_spread(seeds)["forgetting_loss"]
         gap = noise.get("neighbour_gap")
         if gap is None:
             parts.append("no two P to tell apart")
             told_apart = None
-        else:
-            ratio = told_apart_ratio(gap, spread)
-            told_apart = ratio >= TOLD_APART_RATIO
-            k = gap["seeds"]
+        else:  # judged by noise_floor (study/noise.py: judge_gap)
+            told_apart = gap["told_apart"]
+            means, over_k = gap_words(gap)
             parts.append(
                 f"at step {gap['step']} neighbouring P differ in L_f by {fmt(gap['min'])} at least"
-                + (f" (means over {k} seeds)" if k > 1 else "")
-                + f", {fmt(ratio, 2)}x the seed spread {fmt(spread)}"
-                + (f" / sqrt({k})" if k > 1 else "")
+                f"{means}, {ratio_words(gap)}x the seed spread {fmt(gap['spread'])}{over_k}"
                 + (
                     " (told apart)"
                     if told_apart

@@ -151,18 +151,15 @@ def noise_floor(
             "differences smaller than that are noise."
         )
         if gaps is not None:
-            ratio = told_apart_ratio(gaps, med)
-            k = gaps["seeds"]
+            gaps = judge_gap(gaps, med)
+            means, over_k = gap_words(gaps)
             text.append(
                 f"At step {gaps['step']} neighbouring P values differ in L_f by {fmt(gaps['min'])} "
-                "at least"
-                + (f" (means over {k} seeds)" if k > 1 else "")
-                + f": {fmt(ratio, 2)}x the noise of such a difference (the seed spread"
-                + (f" / sqrt({k})" if k > 1 else "")
-                + ")"
+                f"at least{means}: {ratio_words(gaps)}x the noise of such a difference (the seed "
+                f"spread{over_k})"
                 + (
                     "."
-                    if ratio >= TOLD_APART_RATIO
+                    if gaps["told_apart"]
                     else ": some neighbouring ranks are not told apart by these runs."
                 )
             )
@@ -183,12 +180,28 @@ def noise_floor(
 # -------------------------------------------------------------------- hard vs soft
 
 
-def told_apart_ratio(gap: dict[str, Any], spread: float) -> float:
-    """The smallest gap in L_f between neighbouring P (``noise_floor(...)["neighbour_gap"]``)
-    over the noise of such a gap: the seed ``spread`` (the difference between two runs that
-    differ only in the seed) divided by sqrt(k) where each P's L_f is a mean over k seeds."""
+def judge_gap(gap: dict[str, Any], spread: float) -> dict[str, Any]:
+    """``gap`` (``neighbour_gap``: the smallest L_f difference between neighbouring P, each a
+    mean over ``gap["seeds"]`` = k seeds) with what it is judged against: ``spread`` (the
+    difference between two seeds at a typical step), ``ratio`` (the gap over the noise of
+    such a difference, spread / sqrt(k); None where the seeds do not differ at all) and
+    ``told_apart`` (ratio >= TOLD_APART_RATIO)."""
     noise = spread / math.sqrt(gap["seeds"])
-    return gap["min"] / noise if noise > 0 else math.inf
+    ratio = gap["min"] / noise if noise > 0 else None
+    told_apart = ratio is None or ratio >= TOLD_APART_RATIO
+    return {**gap, "spread": spread, "ratio": ratio, "told_apart": told_apart}
+
+
+def gap_words(gap: dict[str, Any]) -> tuple[str, str]:
+    """How a judged gap is worded: " (means over k seeds)" after the gap and " / sqrt(k)"
+    after the spread (both empty for one seed)."""
+    k = gap["seeds"]
+    return (f" (means over {k} seeds)", f" / sqrt({k})") if k > 1 else ("", "")
+
+
+def ratio_words(gap: dict[str, Any]) -> str:
+    """A judged gap's ratio to the noise, for a sentence."""
+    return "\u221e" if gap["ratio"] is None else fmt(gap["ratio"], 2)
 
 
 def typical_spread(seed_spread: list[dict[str, Any]]) -> dict[str, float]:
