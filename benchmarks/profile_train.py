@@ -78,7 +78,7 @@ def build(config, ours: bool):
             from forgetscale.kernels import compile_blocks
 
             torch._inductor.config.cpp.enable_kernel_profile = True  # its kernels by name
-            compile_blocks(model, torch.device("cpu"))
+            compile_blocks(model, torch.device("cpu"), sequence_length=config.block_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     return model, params, optimizer, make_scheduler(optimizer, config)

@@ -162,7 +162,10 @@ def test_compiled_blocks_train_with_plain_attention_on_the_cpu_and_evaluate_with
     ids = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         expected = reference(input_ids=ids).logits
-    compiled, why = compile_blocks(model, torch.device("cpu"))
+    long_model = _lora(make_tiny_model(64))
+    compile_blocks(long_model, torch.device("cpu"), sequence_length=1024)
+    assert long_model.config._attn_implementation == "sdpa"  # long sequences: the fused kernel
+    compiled, why = compile_blocks(model, torch.device("cpu"), sequence_length=16)
     assert compiled == 2 and why is None
     assert model.config._attn_implementation == "eager"  # training attends plainly
     with eager_evaluation(model), torch.no_grad():

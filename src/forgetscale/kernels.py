@@ -21,7 +21,10 @@ transformers' plain matmul-softmax-matmul attention instead of the fused scaled-
 kernel: at the study's short sequences (64 tokens) the fused kernel's backward spends 6.5 ms
 a block where the compiled plain attention (two batched matmuls, the softmax fused) spends
 about 2 (benchmarks/profile_train.py), and both compute softmax(QK^T/sqrt(d))V with a float32
-softmax. Evaluation runs eagerly with the model's own attention (:func:`eager_evaluation`),
+softmax. Forward and backward of one block's attention alone, fused against compiled plain
+(2 threads, AMD EPYC with AVX-512 BF16, 8 x 9 heads of 64): 2.5x faster plain at 64 and 128
+tokens, 1.3-1.5x at 256 and 512, but 0.54x at 1,024 (its T x T scores outgrow the caches), so
+the switch is made only for sequences of at most :data:`PLAIN_ATTENTION_MAX_TOKENS`. Evaluation runs eagerly with the model's own attention (:func:`eager_evaluation`),
 so a measurement is computed exactly as the reference was.
 """
 
@@ -135,14 +138,19 @@ def _attention_owner(model: nn.Module) -> nn.Module | None:
 # the attention the compiled blocks train with on the CPU, and the model's own (for evaluation)
 _COMPILED_CPU_ATTENTION = "eager"  # transformers' name for its plain matmul-softmax attention
 _OWN_ATTENTION = "_forgetscale_own_attention"
+#: The longest training sequence for which compiled blocks on the CPU attend plainly.
+PLAIN_ATTENTION_MAX_TOKENS = 512
 
 
-def compile_blocks(model: nn.Module, device: torch.device) -> tuple[int, str | None]:
+def compile_blocks(
+    model: nn.Module, device: torch.device, *, sequence_length: int | None = None
+) -> tuple[int, str | None]:
     """Compile each transformer block of ``model`` in place (``nn.Module.compile``: parameter
     names, state dicts and checkpoints stay as they are). Returns (blocks compiled, why none
     were). A block whose compilation fails later runs eagerly (dynamo's suppress_errors).
-    On the CPU a model attending with scaled-dot-product attention trains with the plain
-    attention (the module docstring says why); :func:`eager_evaluation` switches it back."""
+    On the CPU, for training sequences of ``sequence_length`` <= PLAIN_ATTENTION_MAX_TOKENS,
+    a model attending with scaled-dot-product attention trains with the plain attention (the
+    module docstring says why); :func:`eager_evaluation` switches it back."""
     why = compile_unavailable(device)
     if why is not None:
         return 0, why
@@ -150,7 +158,8 @@ def compile_blocks(model: nn.Module, device: torch.device) -> tuple[int, str | N
     if blocks is None:
         return 0, "no stack of transformer blocks found to compile"
     owner = _attention_owner(model)
-    if device.type == "cpu" and owner is not None:
+    short = sequence_length is not None and sequence_length <= PLAIN_ATTENTION_MAX_TOKENS
+    if device.type == "cpu" and short and owner is not None:
         own = getattr(owner.config, "_attn_implementation", None)
         if own == "sdpa":
             owner.set_attn_implementation(_COMPILED_CPU_ATTENTION)

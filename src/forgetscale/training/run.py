@@ -278,7 +278,9 @@ class _Run:
         use_float32_gemm(self.model)  # the method's new layers too
         self.compiled_blocks = 0
         if cfg.torch_compile:
-            self.compiled_blocks, why = compile_blocks(self.model, self.device)
+            self.compiled_blocks, why = compile_blocks(
+                self.model, self.device, sequence_length=cfg.block_size
+            )
             if why is not None:
                 log(f"run {self.run_id}: torch_compile: {why}; training eagerly")
         self.counts = count_parameters(self.model)
