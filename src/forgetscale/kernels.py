@@ -24,8 +24,9 @@ about 2 (benchmarks/profile_train.py), and both compute softmax(QK^T/sqrt(d))V w
 softmax. Forward and backward of one block's attention alone, fused against compiled plain
 (2 threads, AMD EPYC with AVX-512 BF16, 8 x 9 heads of 64): 2.5x faster plain at 64 and 128
 tokens, 1.3-1.5x at 256 and 512, but 0.54x at 1,024 (its T x T scores outgrow the caches), so
-the switch is made only for sequences of at most :data:`PLAIN_ATTENTION_MAX_TOKENS`. Evaluation runs eagerly with the model's own attention (:func:`eager_evaluation`),
-so a measurement is computed exactly as the reference was.
+the switch is made only for sequences of at most :data:`PLAIN_ATTENTION_MAX_TOKENS`.
+Evaluation runs eagerly with the model's own attention (:func:`eager_evaluation`), so a
+measurement is computed exactly as the reference was.
 """
 
 from __future__ import annotations
@@ -157,9 +158,9 @@ def compile_blocks(
     blocks = transformer_blocks(model)
     if blocks is None:
         return 0, "no stack of transformer blocks found to compile"
-    owner = _attention_owner(model)
     short = sequence_length is not None and sequence_length <= PLAIN_ATTENTION_MAX_TOKENS
-    if device.type == "cpu" and short and owner is not None:
+    owner = _attention_owner(model) if device.type == "cpu" and short else None
+    if owner is not None:
         own = getattr(owner.config, "_attn_implementation", None)
         if own == "sdpa":
             owner.set_attn_implementation(_COMPILED_CPU_ATTENTION)
