@@ -177,9 +177,6 @@ def noise_floor(
     }
 
 
-# -------------------------------------------------------------------- hard vs soft
-
-
 def judge_gap(gap: dict[str, Any], spread: float) -> dict[str, Any]:
     """``gap`` (``neighbour_gap``: the smallest L_f difference between neighbouring P, each a
     mean over ``gap["seeds"]`` = k seeds) with what it is judged against: ``spread`` (the
@@ -212,6 +209,9 @@ def typical_spread(seed_spread: list[dict[str, Any]]) -> dict[str, float]:
         for k, v in s["summary"].items():
             out[k] = max(out.get(k, v["median"]), v["median"])
     return out
+
+
+# -------------------------------------------------------------------- hard vs soft
 
 
 def hard_vs_soft(
